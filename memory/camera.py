@@ -1,0 +1,106 @@
+"""Camera values and pose maths shared by episodes, paths and the patch memory.
+
+Conventions (``come-episode/1``): camera-to-world matrices ``c2w`` [T,4,4] with OpenCV camera axes
+(x right, y down, z forward) in a right-handed, z-up world in metres; pixel intrinsics ``K`` [3,3]
+with pixel centres at +0.5 (a centred camera has cx = W/2).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import kornia
+import torch
+
+ORTHONORMAL_TOL = 1e-3
+
+
+@dataclass(frozen=True)
+class CameraPath:
+    """A sequence of cameras: poses ``c2w`` [T,4,4] float32, intrinsics ``K`` [3,3], image size."""
+
+    c2w: torch.Tensor
+    K: torch.Tensor
+    height: int
+    width: int
+
+    def __post_init__(self) -> None:
+        validate_cameras(self.c2w, self.K, "CameraPath")
+        if self.height <= 0 or self.width <= 0:
+            raise ValueError(f"CameraPath: image size must be positive, got {self.height}x{self.width}.")
+
+    def __len__(self) -> int:
+        return int(self.c2w.shape[0])
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """Camera centres [T,3] in world coordinates."""
+        return self.c2w[:, :3, 3]
+
+    def slice(self, start: int, stop: int | None = None) -> "CameraPath":
+        """The cameras ``start:stop`` as a new path."""
+        return CameraPath(self.c2w[start:stop], self.K, self.height, self.width)
+
+    def concat(self, other: "CameraPath") -> "CameraPath":
+        """This path followed by ``other`` (same intrinsics and size)."""
+        if (other.height, other.width) != (self.height, self.width) or not torch.allclose(other.K, self.K):
+            raise ValueError("CameraPath.concat: both paths need the same intrinsics and image size.")
+        return CameraPath(torch.cat([self.c2w, other.c2w]), self.K, self.height, self.width)
+
+
+def validate_cameras(c2w: torch.Tensor, K: torch.Tensor, name: str) -> None:
+    """Raise ``ValueError`` naming ``name`` unless poses are finite rigid transforms and K is a valid pinhole."""
+    if c2w.ndim != 3 or tuple(c2w.shape[1:]) != (4, 4):
+        raise ValueError(f"{name}: c2w must have shape [T,4,4], got {list(c2w.shape)}.")
+    if tuple(K.shape) != (3, 3):
+        raise ValueError(f"{name}: K must have shape [3,3], got {list(K.shape)}.")
+    if not torch.isfinite(c2w).all() or not torch.isfinite(K).all():
+        raise ValueError(f"{name}: camera poses or intrinsics contain NaN or inf; fix the source data.")
+    rot = c2w[:, :3, :3].double()
+    eye = torch.eye(3, dtype=torch.float64).expand_as(rot)
+    ortho_err = (rot @ rot.transpose(1, 2) - eye).abs().amax(dim=(1, 2))
+    det = torch.linalg.det(rot)
+    bad = ((ortho_err > ORTHONORMAL_TOL) | ((det - 1).abs() > ORTHONORMAL_TOL)).nonzero().flatten()
+    if len(bad):
+        raise ValueError(
+            f"{name}: rotation of camera {int(bad[0])} is not orthonormal with det +1 "
+            f"(error {float(ortho_err[bad[0]]):.3g}, det {float(det[bad[0]]):.4f}); "
+            "re-orthonormalise the poses (e.g. with an SVD) before using them."
+        )
+    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=c2w.dtype)
+    if not torch.allclose(c2w[:, 3, :], bottom.expand(c2w.shape[0], 4), atol=1e-5):
+        raise ValueError(f"{name}: the last row of every c2w must be [0, 0, 0, 1].")
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise ValueError(f"{name}: focal lengths must be positive, got fx={float(K[0, 0])}, fy={float(K[1, 1])}.")
+
+
+def intrinsics_from_fov(height: int, width: int, fovy_deg: float) -> torch.Tensor:
+    """Pinhole K [3,3] with square pixels, centred principal point and vertical field of view ``fovy_deg``."""
+    f = 0.5 * height / math.tan(math.radians(fovy_deg) / 2)
+    return torch.tensor([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]], dtype=torch.float32)
+
+
+def look_rotation(yaw: torch.Tensor, pitch: torch.Tensor | None = None) -> torch.Tensor:
+    """OpenCV camera rotations [T,3,3] looking along yaw (about world +z, 0 = +x) tilted up by pitch (radians)."""
+    yaw = torch.as_tensor(yaw, dtype=torch.float32).reshape(-1)
+    pitch = torch.zeros_like(yaw) if pitch is None else torch.as_tensor(pitch, dtype=torch.float32).reshape(-1)
+    forward = torch.stack([torch.cos(pitch) * torch.cos(yaw), torch.cos(pitch) * torch.sin(yaw), torch.sin(pitch)], -1)
+    right = torch.stack([torch.sin(yaw), -torch.cos(yaw), torch.zeros_like(yaw)], -1)
+    down = torch.linalg.cross(forward, right)
+    return torch.stack([right, down, forward], dim=-1)
+
+
+def pose_matrix(rotation: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """Camera-to-world [T,4,4] from rotations [T,3,3] and centres [T,3]."""
+    return kornia.geometry.conversions.Rt_to_matrix4x4(rotation, position.reshape(-1, 3, 1))
+
+
+def yaw_of(c2w: torch.Tensor) -> torch.Tensor:
+    """Heading [T] in radians of each camera's optical axis projected on the ground plane."""
+    forward = c2w[:, :3, 2]
+    return torch.atan2(forward[:, 1], forward[:, 0])
+
+
+def pitch_of(c2w: torch.Tensor) -> torch.Tensor:
+    """Elevation [T] in radians of each camera's optical axis above the ground plane."""
+    return torch.asin(c2w[:, 2, 2].clamp(-1.0, 1.0))

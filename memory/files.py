@@ -1,0 +1,66 @@
+"""Safe file handling: names confined to a folder, atomic safetensors writes, checked reads."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+
+def confined_path(folder: str | os.PathLike, name: str, input_name: str = "filename") -> Path:
+    """``folder/name`` resolved, or ``ValueError`` if ``name`` is absolute, has ``..`` or escapes ``folder`` via a symlink."""
+    if not name or not str(name).strip():
+        raise ValueError(f"{input_name}: empty file name; give a name such as 'scene/memory.safetensors'.")
+    raw = Path(name)
+    if raw.is_absolute() or name.startswith(("/", "\\")) or ":" in raw.parts[0]:
+        raise ValueError(f"{input_name}: '{name}' is an absolute path; give a name relative to {folder}.")
+    if ".." in raw.parts:
+        raise ValueError(f"{input_name}: '{name}' contains '..'; give a name inside {folder} without '..'.")
+    root = Path(folder).resolve()
+    target = (root / raw).resolve()
+    if target != root and root not in target.parents:
+        raise ValueError(
+            f"{input_name}: '{name}' resolves to {target}, outside {root} (a symlink points out); "
+            "choose a name inside the folder."
+        )
+    return target
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """Write ``tensors`` with string ``metadata`` to ``path`` via a temp file and rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_safetensors(path: str | os.PathLike, expected_format: str, input_name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file whose ``format`` metadata starts with ``expected_format``; clear errors otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{input_name}: file {path} does not exist; check the name and folder.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{input_name}: {path} is not a readable safetensors file ({err}); it may be corrupted or of another type.") from err
+    fmt = metadata.get("format", "")
+    if not fmt.startswith(expected_format.split("/")[0]):
+        raise ValueError(
+            f"{input_name}: {path} has format '{fmt or 'none'}', expected '{expected_format}'; "
+            "pick a file written by this pack."
+        )
+    if fmt != expected_format:
+        raise ValueError(f"{input_name}: {path} has version '{fmt}', this pack reads '{expected_format}'; update the pack.")
+    return tensors, metadata
