@@ -1,0 +1,139 @@
+"""Build a 3D patch memory from frames, render it along a camera path, merge two memories."""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..memory.camera import CameraPath
+from ..memory.depth import DepthMaps, depth_to_image
+from ..memory.edits import merge, rigid_transform
+from ..memory.patch_memory import PatchMemory, insert_frames, render_path
+from .types import CATEGORY, CameraPathType, DepthType, PatchMemoryType, progress
+
+SUBCATEGORY = f"{CATEGORY}/memory"
+
+
+def transform_inputs(prefix: str = "") -> list[io.Input]:
+    """Widgets of a rigid transform: translation (metres), rotation (degrees, about the pivot)."""
+    axes = "xyz"
+    return [
+        *(io.Float.Input(f"{prefix}translate_{a}", default=0.0, min=-1000.0, max=1000.0, step=0.05,
+                         tooltip=f"Translation along world {a} in metres.") for a in axes),
+        *(io.Float.Input(f"{prefix}rotate_{a}_deg", default=0.0, min=-360.0, max=360.0, step=1.0,
+                         tooltip=f"Rotation about world {a} in degrees, around the pivot.") for a in axes),
+    ]
+
+
+class BuildPatchMemory(io.ComfyNode):
+    """Lift frames with depth and cameras into a 3D patch memory (MosaicMem's spatial memory)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CoMEBuildPatchMemory",
+            display_name="Build Patch Memory (CoME)",
+            category=SUBCATEGORY,
+            description="Cuts frames into patches, lifts them to 3D with metric depth and the cameras, "
+            "and stores them; patches seen again on a revisit are deduplicated by voxel.",
+            inputs=[
+                io.Image.Input("frames", tooltip="Frames [T,H,W,3]; H and W must be multiples of patch_size."),
+                DepthType.Input("metric_depth", tooltip="Metric z-depth per frame (e.g. from Load Episode)."),
+                CameraPathType.Input("camera_path", tooltip="One camera per frame."),
+                io.Int.Input("patch_size", default=8, min=2, max=64, step=2,
+                             tooltip="Patch edge in pixels (the backbone's token footprint)."),
+                io.Float.Input("voxel_size", default=0.1, min=0.005, max=10.0, step=0.005,
+                               tooltip="Dedupe voxel edge in metres: one patch is kept per voxel."),
+                io.Int.Input("first_frame", default=0, min=0, max=100000, tooltip="First frame to insert."),
+                io.Int.Input("last_frame", default=-1, min=-1, max=100000,
+                             tooltip="Last frame to insert (inclusive); -1 = the last frame."),
+                io.Int.Input("frame_stride", default=1, min=1, max=1000, tooltip="Insert every n-th frame."),
+                PatchMemoryType.Input("memory", optional=True,
+                                      tooltip="Optional memory to add to (a new one is made if not connected)."),
+            ],
+            outputs=[PatchMemoryType.Output("memory", tooltip="The patch memory.")],
+        )
+
+    @classmethod
+    def execute(cls, frames: torch.Tensor, metric_depth: DepthMaps, camera_path: CameraPath, patch_size: int,
+                voxel_size: float, first_frame: int, last_frame: int, frame_stride: int,
+                memory: PatchMemory | None = None) -> io.NodeOutput:
+        total = len(camera_path)
+        stop = total if last_frame < 0 else last_frame + 1
+        if not 0 <= first_frame < stop <= total:
+            raise ValueError(f"first_frame/last_frame: range {first_frame}..{last_frame} is outside the "
+                             f"{total} cameras of camera_path; pick frames between 0 and {total - 1}.")
+        if len(frames) != total or len(metric_depth) != total:
+            raise ValueError(f"frames/metric_depth/camera_path: counts differ ({len(frames)} frames, "
+                             f"{len(metric_depth)} depth maps, {total} cameras); connect outputs of the same episode.")
+        idx = torch.arange(first_frame, stop, frame_stride)
+        base = memory if memory is not None else PatchMemory.empty(patch_size=patch_size)
+        built = insert_frames(base, frames[idx], metric_depth.metres[idx], camera_path.c2w[idx], camera_path.K,
+                              frame_ids=idx, voxel_size=voxel_size)
+        return io.NodeOutput(built)
+
+
+class RenderPatchMemory(io.ComfyNode):
+    """Render the memory along a camera path: image, coverage mask and depth per camera."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CoMERenderPatchMemory",
+            display_name="Render Patch Memory (CoME)",
+            category=SUBCATEGORY,
+            description="Retrieves the patches each camera sees (frustum + distance culling, coverage-greedy) "
+            "and splats them with a z-buffer: the 'mosaic' a world model is conditioned on.",
+            inputs=[
+                PatchMemoryType.Input("memory", tooltip="The patch memory to render."),
+                CameraPathType.Input("camera_path", tooltip="Cameras to render from."),
+                io.Int.Input("max_patches", default=4096, min=16, max=1000000,
+                             tooltip="Most patches retrieved per frame (bounds the cost however large the memory)."),
+                io.Float.Input("max_distance", default=20.0, min=0.1, max=10000.0, step=0.5,
+                               tooltip="Patches farther than this from the camera (metres) are skipped."),
+            ],
+            outputs=[
+                io.Image.Output("images", tooltip="Rendered frames (black where the memory has nothing)."),
+                io.Mask.Output("mask", tooltip="Coverage: 1 where the memory rendered a pixel."),
+                io.Image.Output("depth", tooltip="Rendered depth for display (inverse depth, white = near)."),
+                DepthType.Output("metric_depth", tooltip="Rendered metric z-depth (0 = not covered)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, memory: PatchMemory, camera_path: CameraPath, max_patches: int,
+                max_distance: float) -> io.NodeOutput:
+        rgb, mask, depth = render_path(memory, camera_path, max_patches=max_patches, max_distance=max_distance,
+                                       callback=progress(len(camera_path)))
+        return io.NodeOutput(rgb, mask, depth_to_image(depth), DepthMaps(depth))
+
+
+class MergePatchMemories(io.ComfyNode):
+    """Merge memory B into memory A, placing B with a rigid transform."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CoMEMergePatchMemories",
+            display_name="Merge Patch Memories (CoME)",
+            category=SUBCATEGORY,
+            description="Adds every patch of memory_b to memory_a after moving B by the given transform "
+            "(rotation about B's centroid, then translation). Groups of B stay separate.",
+            inputs=[
+                PatchMemoryType.Input("memory_a", tooltip="The memory that keeps its place."),
+                PatchMemoryType.Input("memory_b", tooltip="The memory placed into A by the transform."),
+                *transform_inputs(),
+            ],
+            outputs=[PatchMemoryType.Output("memory", tooltip="The merged memory.")],
+        )
+
+    @classmethod
+    def execute(cls, memory_a: PatchMemory, memory_b: PatchMemory, **transform: float) -> io.NodeOutput:
+        pivot = memory_b.centres.mean(0) if len(memory_b) else torch.zeros(3)
+        return io.NodeOutput(merge(memory_a, memory_b, transform_from_widgets(transform, pivot)))
+
+
+def transform_from_widgets(values: dict[str, float], pivot: torch.Tensor, prefix: str = "") -> torch.Tensor:
+    """The [4,4] rigid transform described by :func:`transform_inputs` widgets, rotating about ``pivot``."""
+    translate = [values[f"{prefix}translate_{a}"] for a in "xyz"]
+    rotate = [values[f"{prefix}rotate_{a}_deg"] for a in "xyz"]
+    return rigid_transform(translate, rotate, pivot)
