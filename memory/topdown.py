@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from .camera import CameraPath
 
@@ -23,6 +23,7 @@ PATH_COLOURS = ((255, 99, 71), (65, 160, 255), (255, 205, 50), (120, 220, 110), 
 # Height ramp for uncoloured points: low = deep blue, high = pale yellow.
 HEIGHT_RAMP = torch.tensor([[0.15, 0.2, 0.55], [0.2, 0.6, 0.6], [0.6, 0.8, 0.35], [0.98, 0.95, 0.7]])
 WEDGES_PER_PATH = 12
+SCALE_BAR_PAD = 4
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class MapView:
         u = self.size / 2 + (xy[..., 0].double() - self.center_x) * self.pixels_per_metre
         v = self.size / 2 - (xy[..., 1].double() - self.center_y) * self.pixels_per_metre
         return torch.stack([u, v], -1)
+
+
+def _font_px(size: int) -> int:
+    """Label font size for a map of ``size`` pixels."""
+    return max(10, size // 40)
 
 
 def _path_list(paths: Sequence[CameraPath] | CameraPath | None) -> list[CameraPath]:
@@ -74,7 +80,10 @@ def map_view(
     paths: Sequence[CameraPath] | CameraPath | None = None, points: torch.Tensor | None = None,
     size: int = 512, margin: float = 0.08,
 ) -> MapView:
-    """The view ``top_down_map`` uses: everything fitted inside ``size`` pixels minus a ``margin`` fraction per side."""
+    """The view ``top_down_map`` uses: everything fitted inside ``size`` pixels minus a ``margin`` fraction per side.
+
+    The margin is at least the scale bar's height, so the bar never hides part of the scene.
+    """
     if isinstance(size, bool) or int(size) != size or size < MIN_SIZE:
         raise ValueError(f"size: must be a whole number of pixels >= {MIN_SIZE}, got {size}.")
     if not 0.0 <= margin < 0.45:
@@ -89,7 +98,8 @@ def map_view(
         low = high = torch.zeros(2, dtype=torch.float64)
     centre = (low + high) / 2
     extent = max(float((high - low).max()), MIN_EXTENT_M)
-    return MapView(float(centre[0]), float(centre[1]), size * (1 - 2 * margin) / extent, int(size))
+    margin_px = max(margin * size, _font_px(size) + 2 * SCALE_BAR_PAD)
+    return MapView(float(centre[0]), float(centre[1]), (size - 2 * margin_px) / extent, int(size))
 
 
 def _height_colours(z: torch.Tensor) -> torch.Tensor:
@@ -142,18 +152,20 @@ def _nice_length(metres: float) -> float:
 
 
 def _draw_scale_bar(draw: ImageDraw.ImageDraw, view: MapView) -> None:
-    """A labelled scale bar of a round number of metres at the bottom left."""
+    """A scale bar of a round number of metres at the bottom left, labelled on its right, low enough to sit in the margin."""
     metres = _nice_length(0.25 * view.size / view.pixels_per_metre)
     length = metres * view.pixels_per_metre
-    pad = max(4, view.size // 40)
-    x0, y = pad, view.size - pad
     label = f"{metres:g} m"
-    left, top, right, bottom = draw.textbbox((0, 0), label)
-    draw.rectangle([x0 - 3, y - (bottom - top) - 12, x0 + max(length, right - left) + 3, y + 4], fill=BACKGROUND)
+    # Pillow's built-in font scales when FreeType is present and falls back to a fixed bitmap font otherwise.
+    font = ImageFont.load_default(size=_font_px(view.size))
+    left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+    x0, y = SCALE_BAR_PAD, view.size - SCALE_BAR_PAD - (bottom - top) / 2
+    x_text = x0 + length + SCALE_BAR_PAD
+    draw.rectangle([x0 - 2, y - (bottom - top) / 2 - 2, x_text + right - left + 2, view.size - 2], fill=BACKGROUND)
     draw.line([(x0, y), (x0 + length, y)], fill=(255, 255, 255), width=2)
     for x in (x0, x0 + length):
-        draw.line([(x, y - 4), (x, y)], fill=(255, 255, 255), width=2)
-    draw.text((x0, y - (bottom - top) - 8 - top), label, fill=(255, 255, 255))
+        draw.line([(x, y - 4), (x, y + 1)], fill=(255, 255, 255), width=2)
+    draw.text((x_text, y - (bottom - top) / 2 - top), label, fill=(255, 255, 255), font=font)
 
 
 def top_down_map(
@@ -180,7 +192,7 @@ def top_down_map(
     image = Image.fromarray(_draw_points(view, points, colors, int(point_px)))
     draw = ImageDraw.Draw(image)
     line_px = max(1, view.size // 256)
-    wedge_px = max(8.0, view.size / 36)
+    wedge_px = max(7.0, view.size / 30)
     for i, path in enumerate(path_list):
         colour = PATH_COLOURS[i % len(PATH_COLOURS)]
         pixels = [tuple(uv) for uv in view.to_pixels(path.positions[:, :2]).tolist()]
