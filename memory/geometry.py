@@ -42,7 +42,7 @@ def project(points: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor) -> tuple[t
     """Pixel coordinates [...,2] and z-depth [...] of world points [...,3] in camera ``K``, ``c2w``."""
     cam = world_to_camera(points, c2w)
     z = cam[..., 2]
-    safe = torch.where(z.abs() < NEAR, torch.full_like(cam, NEAR), cam)
+    safe = torch.where((z.abs() < NEAR)[..., None], torch.full_like(cam, NEAR), cam)
     uv = kornia.geometry.camera.project_points(safe, K.to(points))
     return uv, z
 
