@@ -21,11 +21,21 @@ case-insensitive; amounts are non-negative decimal numbers::
     look_down 10     # degrees of pitch
     wait 5           # frames holding the current pose (a whole number)
 
-The first frame is the start pose (``start_c2w``, default: at the origin looking along +x, level).
+The first frame is the start pose (``start_c2w``, default: at the origin looking along +x, level;
+any roll of a given start pose is kept).
 Each command appends ``ceil(amount / step)`` frames that split it into equal steps, with
 ``step = step_m`` for moves and ``step_deg`` for turns and looks, so no frame moves or turns
 further than one step and the speed is uniform across commands. ``forward 1`` with
 ``step_m=0.1`` therefore adds 10 frames (11 with the start). An amount of 0 adds no frame.
+
+Keyframe text (``keyframes_from_text``)
+---------------------------------------
+One keyframe per line (or separated by ``;``): ``x y z yaw_deg [pitch_deg]`` in metres and degrees
+(yaw 0 looks along +x, counter-clockwise from above; pitch defaults to 0); ``#`` starts a comment::
+
+    0 0 1 0
+    1 0 1 45
+    2 1 1 90 -10
 
 JSON schema (``path_to_json`` / ``path_from_json``)
 ---------------------------------------------------
@@ -45,6 +55,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from kornia.geometry.conversions import axis_angle_to_rotation_matrix
 from kornia.geometry.quaternion import Quaternion
 
 from .camera import CameraPath, intrinsics_from_fov, look_rotation, pitch_of, pose_matrix, validate_cameras
@@ -52,7 +63,6 @@ from .camera import CameraPath, intrinsics_from_fov, look_rotation, pitch_of, po
 PATH_FORMAT = "come-camera-path/1"
 # Consecutive keyframes a half turn apart have two equally short slerp arcs; refuse them well before.
 MAX_KEYFRAME_TURN_DEG = 179.0
-ROLL_TOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -119,26 +129,25 @@ def look_at(eye: torch.Tensor | Sequence, target: torch.Tensor | Sequence) -> to
     return pose_matrix(look_rotation(yaw.float(), pitch.float()), eye_t.float())
 
 
-def _start_state(start_c2w: torch.Tensor | None) -> tuple[list[float], float, float]:
-    """Position, yaw and pitch (radians) of a roll-free start pose; the default is the origin looking along +x."""
+def _start_pose(start_c2w: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position [3] and rotation [3,3] (float64) of the start pose; the default is the origin looking along +x, level."""
     if start_c2w is None:
-        return [0.0, 0.0, 0.0], 0.0, 0.0
+        return torch.zeros(3, dtype=torch.float64), look_rotation(torch.zeros(1))[0].double()
     pose = torch.as_tensor(start_c2w, dtype=torch.float32)
     if pose.shape == (1, 4, 4):
         pose = pose[0]
     if pose.shape != (4, 4):
         raise ValueError(f"start_c2w: expected a [4,4] (or [1,4,4]) camera-to-world matrix, got {list(pose.shape)}.")
     validate_cameras(pose[None], torch.eye(3), "start_c2w")
-    right = pose[:3, 0]
-    # The right axis of a roll-free camera is horizontal, so it gives the yaw even when looking straight down.
-    yaw = float(torch.atan2(right[0], -right[1]))
-    pitch = float(pitch_of(pose[None])[0])
-    if not torch.allclose(look_rotation(torch.tensor([yaw]), torch.tensor([pitch]))[0], pose[:3, :3], atol=ROLL_TOL):
-        raise ValueError(
-            "start_c2w: the camera is rolled (its x axis is not horizontal); move commands need a level start "
-            "pose, e.g. from memory.paths.look_at or memory.camera.look_rotation."
-        )
-    return pose[:3, 3].tolist(), yaw, pitch
+    return pose[:3, 3].double(), pose[:3, :3].double()
+
+
+def _heading(rotation: torch.Tensor) -> tuple[float, float]:
+    """Unit ground-plane direction (x, y) a camera walks along: its optical axis, or its image-up axis when vertical."""
+    forward, up = rotation[:, 2], -rotation[:, 1]
+    axis = forward if math.hypot(float(forward[0]), float(forward[1])) > 1e-6 else up
+    length = math.hypot(float(axis[0]), float(axis[1]))
+    return float(axis[0]) / length, float(axis[1]) / length
 
 
 def _commands(text: str) -> list[tuple[int, str]]:
@@ -187,8 +196,9 @@ def parse_moves(
     commands = _commands(text or "")
     if not commands:
         raise ValueError(f"moves: the program has no commands; write at least one, e.g. 'forward 1'; {_VERB_HELP}.")
-    position, yaw, pitch = _start_state(start_c2w)
-    positions, yaws, pitches = [list(position)], [yaw], [pitch]
+    position, rotation = _start_pose(start_c2w)
+    tilt = math.degrees(float(pitch_of(rotation[None])[0]))
+    positions, rotations = [position], [rotation]
     for number, command in commands:
         verb, name, amount = _parse_command(number, command)
         if verb.kind == "wait":
@@ -196,27 +206,29 @@ def parse_moves(
         else:
             step = step_m if verb.kind == "move" else step_deg
             steps = math.ceil(amount / step - 1e-9) if amount > 0 else 0
-        if verb.kind == "look" and abs(math.degrees(pitch) + verb.sign * amount) > 90.0 + 1e-6:
-            raise ValueError(
-                f"moves line {number}: '{command}' would tilt the camera to "
-                f"{math.degrees(pitch) + verb.sign * amount:.1f} deg; keep the pitch within [-90, 90]."
-            )
+        if verb.kind == "look":
+            tilt += verb.sign * amount
+            if abs(tilt) > 90.0 + 1e-6:
+                raise ValueError(
+                    f"moves line {number}: '{command}' would tilt the camera to {tilt:.1f} deg; "
+                    "keep the pitch within [-90, 90]."
+                )
         delta = verb.sign * amount / steps if steps else 0.0
-        direction = {
-            "heading": (math.cos(yaw), math.sin(yaw), 0.0),
-            "right": (math.sin(yaw), -math.cos(yaw), 0.0),
-            "z": (0.0, 0.0, 1.0),
-            "": (0.0, 0.0, 0.0),
-        }[verb.axis]
+        hx, hy = _heading(rotation)
+        offset = delta * torch.tensor(
+            {"heading": (hx, hy, 0.0), "right": (hy, -hx, 0.0), "z": (0.0, 0.0, 1.0), "": (0.0, 0.0, 0.0)}[verb.axis],
+            dtype=torch.float64,
+        )
+        # Turns spin about world +z (left product) and looks tilt about the camera's own x axis (right product),
+        # which keeps any roll of the start pose and, for a level start, equals look_rotation(yaw, pitch).
+        axis = torch.tensor([[0.0, 0.0, 1.0] if verb.kind == "turn" else [1.0, 0.0, 0.0]], dtype=torch.float64)
+        spin = axis_angle_to_rotation_matrix(axis * math.radians(delta))[0]
         for _ in range(steps):
-            position = [p + delta * d for p, d in zip(position, direction)] if verb.kind == "move" else position
-            yaw += math.radians(delta) if verb.kind == "turn" else 0.0
-            pitch += math.radians(delta) if verb.kind == "look" else 0.0
-            positions.append(list(position))
-            yaws.append(yaw)
-            pitches.append(pitch)
-    rotations = look_rotation(torch.tensor(yaws, dtype=torch.float64), torch.tensor(pitches, dtype=torch.float64))
-    c2w = pose_matrix(rotations, torch.tensor(positions, dtype=torch.float32))
+            position = position + offset
+            rotation = spin @ rotation if verb.kind == "turn" else rotation @ spin if verb.kind == "look" else rotation
+            positions.append(position)
+            rotations.append(rotation)
+    c2w = pose_matrix(torch.stack(rotations).float(), torch.stack(positions).float())
     return CameraPath(c2w, _intrinsics(K, height, width, fovy_deg), height, width)
 
 
@@ -283,6 +295,33 @@ def keyframes(
     t = (frame - segment * per_gap).double() / per_gap
     c2w = pose_matrix(_slerp(rotations, segment, t), _catmull_rom(keys, segment, t).float())
     return CameraPath(c2w, _intrinsics(K, height, width, fovy_deg), height, width)
+
+
+def keyframes_from_text(
+    text: str, frames_between: int = 10, K: torch.Tensor | None = None,
+    height: int = 64, width: int = 64, fovy_deg: float = 80.0,
+) -> CameraPath:
+    """:func:`keyframes` from text: one keyframe ``x y z yaw_deg [pitch_deg]`` per line (or per ';'), '#' comments."""
+    rows = []
+    for number, line in enumerate((text or "").splitlines(), start=1):
+        for part in line.split("#", 1)[0].split(";"):
+            tokens = part.replace(",", " ").split()
+            if not tokens:
+                continue
+            try:
+                values = [float(token) for token in tokens]
+            except ValueError:
+                values = []
+            if len(values) not in (4, 5):
+                raise ValueError(
+                    f"keyframes line {number}: '{part.strip()}' is not a keyframe; write 4 or 5 numbers "
+                    "'x y z yaw_deg [pitch_deg]' (metres, degrees), e.g. '0 0 1 90'."
+                )
+            rows.append(values + [0.0] * (5 - len(values)))
+    if not rows:
+        raise ValueError("keyframes: no keyframes in the text; write one per line as 'x y z yaw_deg [pitch_deg]'.")
+    table = torch.tensor(rows, dtype=torch.float64)
+    return keyframes(table[:, :3], table[:, 3], table[:, 4], frames_between, K=K, height=height, width=width, fovy_deg=fovy_deg)
 
 
 def orbit(

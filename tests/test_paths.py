@@ -9,7 +9,7 @@ import torch
 
 from memory.camera import CameraPath, intrinsics_from_fov, pitch_of, yaw_of
 from memory.geometry import project
-from memory.paths import keyframes, look_at, orbit, parse_moves, path_from_json, path_to_json, resample
+from memory.paths import keyframes, keyframes_from_text, look_at, orbit, parse_moves, path_from_json, path_to_json, resample
 
 
 def degrees(values: torch.Tensor) -> torch.Tensor:
@@ -97,17 +97,27 @@ def test_start_pose_and_intrinsics():
     assert torch.equal(path.K, intrinsics_from_fov(32, 48, 60.0))
     K = torch.tensor([[40.0, 0, 24], [0, 40.0, 16], [0, 0, 1]])
     assert torch.equal(parse_moves("wait 1", K=K, height=32, width=48).K, K)
-    looking_down = look_at(torch.tensor([0.0, 0.0, 2.0]), torch.tensor([0.0, 0.0, 0.0]))[0]
-    assert len(parse_moves("forward 1", start_c2w=looking_down)) == 11
 
 
-def test_rolled_start_pose_is_rejected():
+def test_rolled_start_pose_keeps_its_roll():
     level = look_at(torch.zeros(3), torch.tensor([1.0, 0.0, 0.0]))[0]
     about_optical_axis = torch.eye(4)
     about_optical_axis[:2, :2] = torch.tensor([[math.cos(0.5), -math.sin(0.5)], [math.sin(0.5), math.cos(0.5)]])
-    roll = level @ about_optical_axis
-    with pytest.raises(ValueError, match="start_c2w: the camera is rolled"):
-        parse_moves("forward 1", start_c2w=roll)
+    rolled = level @ about_optical_axis
+    path = parse_moves("forward 1; turn_left 90; forward 1", start_c2w=rolled)
+    assert torch.allclose(path.c2w[0], rolled, atol=1e-6)
+    assert torch.allclose(path.c2w[:, 2, 0], torch.full((len(path),), float(rolled[2, 0])), atol=1e-5)
+    assert torch.allclose(path.positions[-1], torch.tensor([1.0, 1.0, 0.0]), atol=1e-5)
+    assert float(degrees(yaw_of(path.c2w))[-1]) == pytest.approx(90.0, abs=1e-4)
+
+
+def test_start_pose_looking_straight_down_walks_towards_image_up():
+    down = look_at(torch.tensor([0.0, 0.0, 2.0]), torch.tensor([0.0, 0.0, 0.0]))[0]
+    path = parse_moves("forward 1", start_c2w=down)
+    up_in_image = -down[:3, 1]
+    assert torch.allclose(path.positions[-1] - path.positions[0], up_in_image, atol=1e-5)
+    with pytest.raises(ValueError, match="start_c2w: expected a \\[4,4\\]"):
+        parse_moves("forward 1", start_c2w=torch.eye(3))
 
 
 @pytest.mark.parametrize("program, line, text", [
@@ -198,6 +208,25 @@ def test_single_keyframe_is_one_camera():
     path = keyframes([[1.0, 2.0, 3.0]], [30])
     assert len(path) == 1
     assert float(degrees(yaw_of(path.c2w))[0]) == pytest.approx(30.0, abs=1e-4)
+
+
+def test_keyframes_from_text_matches_the_tensor_form():
+    text = "# x y z yaw [pitch]\n0 0 1 0\n\n1, 0, 1, 90, 10 ; 2 1 1 120  # last\n"
+    from_text = keyframes_from_text(text, frames_between=3, height=32, width=32)
+    direct = keyframes([[0, 0, 1], [1, 0, 1], [2, 1, 1]], [0, 90, 120], [0, 10, 0], frames_between=3, height=32, width=32)
+    assert torch.equal(from_text.c2w, direct.c2w)
+    assert len(keyframes_from_text("0 0 1 0\n1 0 1 90", 3)) == 5
+
+
+@pytest.mark.parametrize("text, message", [
+    ("0 0 1 0\n1 0 1", "keyframes line 2: '1 0 1' is not a keyframe"),
+    ("0 0 1 0\n# fine\n1 0 one 90", "keyframes line 3"),
+    ("0 0 1 0 0 0", "keyframes line 1"),
+    ("# nothing\n", "no keyframes"),
+])
+def test_bad_keyframe_text_names_the_line(text, message):
+    with pytest.raises(ValueError, match=message):
+        keyframes_from_text(text)
 
 
 def test_orbit_cameras_look_at_the_centre():
