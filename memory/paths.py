@@ -9,7 +9,8 @@ A program is a list of commands ``VERB AMOUNT``, one per line or separated by ``
 ``#`` starts a comment that runs to the end of the line; blank lines are ignored; verbs are
 case-insensitive; amounts are non-negative decimal numbers::
 
-    forward 2        # metres along the heading, horizontally (pitch does not make the camera fly)
+    forward 2        # metres along the heading, horizontally (pitch does not make the camera fly;
+                     # a camera looking straight down walks towards the top of its image)
     back 1.5         # metres, opposite to the heading
     strafe_left 1    # metres to the camera's left, horizontally
     strafe_right 1   # metres to the camera's right, horizontally
@@ -160,8 +161,8 @@ def _commands(text: str) -> list[tuple[int, str]]:
     return found
 
 
-def _parse_command(number: int, command: str) -> tuple[_Verb, str, float]:
-    """The verb, its name and the amount of one command, or a ValueError naming the line."""
+def _parse_command(number: int, command: str) -> tuple[_Verb, float]:
+    """The verb and the amount of one command, or a ValueError naming the line."""
     where = f"moves line {number}: '{command}'"
     tokens = command.split()
     name = tokens[0].lower()
@@ -183,7 +184,7 @@ def _parse_command(number: int, command: str) -> tuple[_Verb, str, float]:
         )
     if _VERBS[name].kind == "wait" and amount != int(amount):
         raise ValueError(f"{where}: 'wait' takes a whole number of frames, got {tokens[1]}.")
-    return _VERBS[name], name, amount
+    return _VERBS[name], amount
 
 
 def parse_moves(
@@ -191,7 +192,7 @@ def parse_moves(
     height: int = 64, width: int = 64, fovy_deg: float = 80.0, step_m: float = 0.1, step_deg: float = 5.0,
 ) -> CameraPath:
     """Camera path of a move program (grammar in the module docstring) at a uniform speed per frame."""
-    if step_m <= 0 or step_deg <= 0:
+    if not (step_m > 0 and step_deg > 0 and math.isfinite(step_m) and math.isfinite(step_deg)):
         raise ValueError(f"step_m and step_deg must be positive, got step_m={step_m}, step_deg={step_deg}.")
     commands = _commands(text or "")
     if not commands:
@@ -200,7 +201,7 @@ def parse_moves(
     tilt = math.degrees(float(pitch_of(rotation[None])[0]))
     positions, rotations = [position], [rotation]
     for number, command in commands:
-        verb, name, amount = _parse_command(number, command)
+        verb, amount = _parse_command(number, command)
         if verb.kind == "wait":
             steps = int(amount)
         else:
