@@ -11,6 +11,8 @@ import kornia
 import torch
 
 NEAR = 1e-3
+# Relative depth slack per squared pixel of spill in the splat z-test (see splat).
+SPLAT_SLACK = 0.05
 
 
 def pixel_centres(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
@@ -63,7 +65,10 @@ def splat(
     """Forward-splat world points [N,3] with colours [N,3] into a camera with a z-buffer.
 
     Each point covers the 2x2 pixels nearest to its sub-pixel position so that slightly magnified
-    surfaces have no cracks; the nearest point wins every pixel.
+    surfaces have no cracks; the nearest point wins every pixel. The depth test uses
+    ``z * (1 + SPLAT_SLACK * d^2)`` with d the pixel distance from the point, so on a sloped surface
+    the point that lands on a pixel beats its neighbour's spill-over (otherwise the image shifts by
+    up to a pixel), while true occluders, nearer by more than the slack, still win.
     """
     uv, z = project(points, K, c2w)
     keep = (z > NEAR) & (z < far) & torch.isfinite(uv).all(-1)
@@ -71,7 +76,8 @@ def splat(
     base = torch.floor(uv - 0.5).long()
     offsets = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1]], device=uv.device)
     px = (base[:, None, :] + offsets[None]).reshape(-1, 2)
-    zz = z[:, None].expand(-1, 4).reshape(-1)
+    spill = ((px.reshape(-1, 4, 2) + 0.5 - uv[:, None]) ** 2).sum(-1)
+    zz = (z[:, None] * (1 + SPLAT_SLACK * spill)).reshape(-1)
     src = torch.arange(len(z), device=uv.device)[:, None].expand(-1, 4).reshape(-1)
     inside = (px[:, 0] >= 0) & (px[:, 0] < width) & (px[:, 1] >= 0) & (px[:, 1] < height)
     px, zz, src = px[inside], zz[inside], src[inside]
@@ -81,8 +87,9 @@ def splat(
     win = zz <= zbuf[lin]
     rgb = torch.zeros(height * width, 3, device=uv.device)
     rgb[lin[win]] = colors[src[win]].float()
+    depth = torch.zeros(height * width, device=uv.device)
+    depth[lin[win]] = z[src[win]]
     covered = torch.isfinite(zbuf)
-    depth = torch.where(covered, zbuf, torch.zeros_like(zbuf))
     return Rendering(rgb.reshape(height, width, 3), covered.float().reshape(height, width), depth.reshape(height, width))
 
 
