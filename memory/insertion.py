@@ -1,0 +1,178 @@
+"""Cut RGB-D frames into patches, lift them to 3D and add them to a memory with voxel deduplication.
+
+Dedupe policy (why: revisits must not grow the memory without bound, and no step may open holes):
+
+1. Exact re-observations -- same group, source frame id and pixel origin -- keep only the newest.
+2. Each patch gets a voxel key from its centre. The voxel edge adapts to the patch's footprint
+   ``s = p * z / f`` (its size in metres): ``voxel_size * 2**k`` with the largest k >= 0 such that the
+   edge stays <= s, so one voxel holds about one patch whatever the viewing distance, and near and far
+   observations live on different levels (a close-up never evicts the overview, nor the reverse).
+   ``voxel_size`` is therefore the finest edge, used for patches smaller than it.
+3. Within a voxel the finest observation wins (footprint compared in steps of 2**(1/3)), the newest
+   on ties, so fresh frames refresh the memory where they are as good as the old ones.
+4. Patches of the winner's own frame are never evicted by it: tiling neighbours of one frame may share
+   a voxel, and dropping them would punch holes in that frame's coverage.
+"""
+from __future__ import annotations
+
+import torch
+
+from .camera import validate_cameras
+from .geometry import lift_frame
+from .patches import PatchMemory
+
+FINENESS_STEPS_PER_OCTAVE = 3
+_AXIS_BITS = 19
+_LEVEL_BITS = 6
+
+
+def insert_frames(
+    memory: PatchMemory, rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
+    frame_ids: torch.Tensor | None = None, times: torch.Tensor | None = None, voxel_size: float = 0.05,
+    group: int = 0,
+) -> PatchMemory:
+    """A new memory: ``memory`` plus the patches of frames rgb [T,H,W,3] (uint8 or float 0..1), z-depth [T,H,W], poses [T,4,4], K [3,3].
+
+    Frame ids default to continuing after the memory's largest id; times default to the frame ids.
+    Patches with no valid depth are dropped; the result is deduplicated (see module docstring).
+    """
+    rgb8 = _validate_frames(memory, rgb, depth, c2w, K, voxel_size)
+    count = rgb.shape[0]
+    start = int(memory.frame_ids.max()) + 1 if len(memory) else 0
+    frame_ids = torch.arange(start, start + count) if frame_ids is None else torch.as_tensor(frame_ids).reshape(-1)
+    times = frame_ids.float() if times is None else torch.as_tensor(times, dtype=torch.float32).reshape(-1)
+    for name, value in (("frame_ids", frame_ids), ("times", times)):
+        if len(value) != count:
+            raise ValueError(f"{name}: got {len(value)} values for {count} frames; give one per frame.")
+    new = frames_to_patches(rgb8, depth.float(), c2w.float(), K.float(), frame_ids, times, memory.patch_size, group)
+    return dedupe(memory.concat(new), voxel_size)
+
+
+def frames_to_patches(
+    rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, frame_ids: torch.Tensor,
+    times: torch.Tensor, patch_size: int, group: int = 0,
+) -> PatchMemory:
+    """Patches (in frame, row, column order) of validated frames rgb uint8 [T,H,W,3], depth [T,H,W], c2w [T,4,4]; no dedupe."""
+    t, h, w = depth.shape
+    p = patch_size
+    rows, cols = h // p, w // p
+    per_frame = rows * cols
+
+    def tiles(x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        x = x.reshape(n, rows, p, cols, p, *x.shape[3:]).transpose(2, 3)
+        return x.reshape(n * per_frame, p, p, *x.shape[5:])
+
+    def per_patch(x: torch.Tensor) -> torch.Tensor:
+        return x.repeat_interleave(per_frame, 0)
+
+    centres, radii = [], []
+    for i in range(t):
+        pts, valid = lift_frame(depth[i], K, c2w[i])
+        pts, valid = tiles(pts[None]).reshape(per_frame, -1, 3), tiles(valid[None]).reshape(per_frame, -1)
+        weight = valid.float()[..., None]
+        centre = (pts * weight).sum(1) / weight.sum(1).clamp_min(1)
+        spread = ((pts - centre[:, None]).norm(dim=-1) * valid).amax(1)
+        centres.append(centre)
+        radii.append(spread)
+    depth_tiles = tiles(depth)
+    keep = (depth_tiles > 0).flatten(1).any(1)
+    grid_v, grid_u = torch.meshgrid(torch.arange(rows) * p, torch.arange(cols) * p, indexing="ij")
+    origins = torch.stack([grid_u, grid_v], -1).reshape(1, per_frame, 2).expand(t, -1, -1).reshape(-1, 2)
+    intrinsics = torch.stack([K[0, 0], K[1, 1], K[0, 2], K[1, 2]]).expand(t * per_frame, 4)
+    patches = PatchMemory(
+        rgb=tiles(rgb).contiguous(),
+        depth=depth_tiles.to(torch.float16),
+        c2w=per_patch(c2w[:, :3, :]).contiguous(),
+        intrinsics=intrinsics.contiguous(),
+        origins=origins.to(torch.int16),
+        frame_ids=per_patch(frame_ids.to(torch.int32)),
+        times=per_patch(times.float()),
+        groups=torch.full((t * per_frame,), group, dtype=torch.int32),
+        centres=torch.cat(centres),
+        radii=torch.cat(radii),
+        patch_size=p,
+    )
+    return patches.subset(keep)
+
+
+def dedupe(memory: PatchMemory, voxel_size: float = 0.05) -> PatchMemory:
+    """The memory with redundant patches removed by the module's voxel policy; later patches count as newer."""
+    if voxel_size <= 0:
+        raise ValueError(f"voxel_size: must be positive metres, got {voxel_size}.")
+    if len(memory) == 0:
+        return memory
+    n = len(memory)
+    order = torch.arange(n)
+    view = memory.groups.long() * (1 << 32) + memory.frame_ids.long()
+    origin = memory.origins.long()
+    same_obs = _group_ids(torch.stack([view, origin[:, 0] * 65536 + origin[:, 1]], -1))
+    newest = torch.zeros(int(same_obs.max()) + 1, dtype=torch.long).scatter_reduce(0, same_obs, order, "amax")
+    memory = memory.subset(newest.sort().values)
+    n, order = len(memory), torch.arange(len(memory))
+    view = memory.groups.long() * (1 << 32) + memory.frame_ids.long()
+    footprint = memory.footprints().clamp_min(1e-6)
+    level = torch.floor(torch.log2(footprint / voxel_size)).clamp_min(0)
+    edge = voxel_size * torch.exp2(level)
+    cell = torch.floor(memory.centres / edge[:, None]).long()
+    key = _group_ids(torch.cat([level.long()[:, None], cell], -1))
+    fineness = torch.floor(torch.log2(footprint) * FINENESS_STEPS_PER_OCTAVE).long()
+    priority = (fineness - fineness.min()) * n + (n - 1 - order)
+    best = torch.full((int(key.max()) + 1,), torch.iinfo(torch.long).max).scatter_reduce(0, key, priority, "amin")
+    is_winner = priority == best[key]
+    winner = torch.empty_like(best)
+    winner[key[is_winner]] = order[is_winner]
+    keep = is_winner | (view == view[winner[key]])
+    return memory.subset(keep)
+
+
+def _group_ids(columns: torch.Tensor) -> torch.Tensor:
+    """Dense ids [N] equal exactly where the integer rows of ``columns`` [N,C] are equal."""
+    lo = columns.amin(0)
+    span = columns.amax(0) - lo + 1
+    bits = torch.ceil(torch.log2(span.double().clamp_min(2))).long()
+    if int(bits.sum()) <= 62:
+        packed = torch.zeros(len(columns), dtype=torch.long)
+        for col, b in zip((columns - lo).unbind(-1), bits.tolist()):
+            packed = (packed << b) | col
+        return torch.unique(packed, return_inverse=True)[1]
+    return torch.unique(columns, dim=0, return_inverse=True)[1]
+
+
+def _validate_frames(
+    memory: PatchMemory, rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, voxel_size: float,
+) -> torch.Tensor:
+    """``rgb`` as uint8 after checking every input of :func:`insert_frames`; ValueError naming the bad input."""
+    if rgb.ndim != 4 or rgb.shape[-1] != 3:
+        raise ValueError(f"rgb: expected frames [T,H,W,3], got shape {list(rgb.shape)}.")
+    if depth.ndim != 3:
+        raise ValueError(f"depth: expected z-depth maps [T,H,W], got shape {list(depth.shape)}.")
+    if c2w.ndim != 3 or tuple(c2w.shape[1:]) != (4, 4):
+        raise ValueError(f"c2w: expected camera poses [T,4,4], got shape {list(c2w.shape)}.")
+    t, h, w = rgb.shape[:3]
+    if depth.shape[0] != t or c2w.shape[0] != t:
+        raise ValueError(f"rgb/depth/c2w: counts differ ({t} frames, {depth.shape[0]} depth maps, "
+                         f"{c2w.shape[0]} cameras); give one depth map and one camera per frame.")
+    if tuple(depth.shape[1:]) != (h, w):
+        raise ValueError(f"depth: size {list(depth.shape[1:])} differs from the frames' {[h, w]}; resize the depth maps.")
+    p = memory.patch_size
+    if h % p or w % p:
+        raise ValueError(f"rgb: frame size {h}x{w} is not a multiple of patch_size {p}; crop or resize the frames.")
+    if max(h, w) > torch.iinfo(torch.int16).max:
+        raise ValueError(f"rgb: frames of {h}x{w} pixels are too large (at most 32767 per side).")
+    if voxel_size <= 0:
+        raise ValueError(f"voxel_size: must be positive metres, got {voxel_size}.")
+    if not torch.isfinite(depth).all():
+        raise ValueError("depth: contains NaN or inf; mark invalid pixels with 0 instead.")
+    if (depth < 0).any():
+        raise ValueError("depth: contains negative values; depth is metric z-depth >= 0 (0 = invalid).")
+    if not (depth > 0).any():
+        raise ValueError("depth: every pixel is 0 (invalid); connect metric depth maps, not an empty mask.")
+    validate_cameras(c2w.float(), K.float(), "c2w/K")
+    if rgb.dtype == torch.uint8:
+        return rgb
+    if not rgb.is_floating_point():
+        raise ValueError(f"rgb: expected uint8 or float 0..1 frames, got {rgb.dtype}.")
+    if not torch.isfinite(rgb).all() or rgb.min() < 0 or rgb.max() > 1:
+        raise ValueError("rgb: float frames must be finite and within 0..1; clamp or rescale them.")
+    return (rgb.float() * 255).round().to(torch.uint8)

@@ -1,0 +1,136 @@
+"""Retrieve the patches a target camera needs and render them by z-buffered forward splatting.
+
+Retrieval has two stages so that the cost after it is bounded whatever the memory size:
+
+1. Culling (vectorised over all N patches, a few float ops each): bounding spheres against the four
+   side planes of the frustum, the near plane and ``max_distance``.
+2. Coverage-greedy choice among the survivors: each is assigned to the coarse screen cell (one target
+   patch, ``p`` x ``p`` pixels) its centre projects to; within a cell candidates are ranked front surface
+   first (log target depth) with a small penalty for a different viewing angle or resolution than the
+   target's; a cell keeps candidates in rank order until their projected area reaches COVER_FACTOR
+   times the cell area (at most MAX_PER_CELL). The global budget then takes every cell's first choice
+   (best ranked first), then every cell's second, and so on, until ``max_patches``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+from .camera import CameraPath, validate_cameras
+from .geometry import NEAR, Rendering, splat
+from .patches import PatchMemory
+
+COVER_FACTOR = 3.0
+MAX_PER_CELL = 32
+VIEW_PENALTY = 0.1
+DEFAULT_MAX_PATCHES = 4096
+DEFAULT_MAX_DISTANCE = 20.0
+
+
+def retrieve(
+    memory: PatchMemory, K: torch.Tensor, c2w: torch.Tensor, height: int, width: int,
+    max_patches: int = DEFAULT_MAX_PATCHES, max_distance: float = DEFAULT_MAX_DISTANCE,
+) -> torch.Tensor:
+    """Indices (LongTensor, ascending) of at most ``max_patches`` patches covering the view of camera K [3,3], c2w [4,4]."""
+    _check_view(memory, K, c2w, height, width, max_patches, max_distance)
+    K, c2w = K.float(), c2w.float()
+    rot, eye = c2w[:3, :3], c2w[:3, 3]
+    cam = memory.centres @ rot - eye @ rot
+    x, y, z, r = cam[:, 0], cam[:, 1], cam[:, 2], memory.radii
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    keep = (z + r > NEAR) & (z - r < max_distance)
+    for coord, lo, hi in ((x, -cx / fx, (width - cx) / fx), (y, -cy / fy, (height - cy) / fy)):
+        keep &= (coord - lo * z) >= -r * (1 + lo * lo) ** 0.5
+        keep &= (hi * z - coord) >= -r * (1 + hi * hi) ** 0.5
+    candidates = keep.nonzero().flatten()
+    if len(candidates) <= max_patches:
+        return candidates
+    x, y, z, r = x[candidates], y[candidates], z[candidates].clamp_min(NEAR), r[candidates]
+    p = memory.patch_size
+    cols = -(-width // p)
+    u = (fx * x / z + cx).clamp(0, width - 1e-3)
+    v = (fy * y / z + cy).clamp(0, height - 1e-3)
+    cell = (v // p).long() * cols + (u // p).long()
+    rank = torch.log(z) + VIEW_PENALTY * _view_cost(memory, candidates, eye)
+    by_rank = torch.argsort(rank)
+    order = by_rank[torch.sort(cell[by_rank], stable=True).indices]
+    cell_sorted = cell[order]
+    area = (2 * (r[order] * fx / z[order]) ** 2).clamp_max(COVER_FACTOR * p * p)
+    covered_before = torch.cumsum(area, 0) - area
+    position = torch.arange(len(order))
+    first = torch.ones_like(cell_sorted, dtype=torch.bool)
+    first[1:] = cell_sorted[1:] != cell_sorted[:-1]
+    start = torch.cummax(torch.where(first, position, torch.zeros_like(position)), 0).values
+    within = position - start
+    wanted = ((covered_before - covered_before[start]) < COVER_FACTOR * p * p) & (within < MAX_PER_CELL)
+    chosen, within = order[wanted], within[wanted]
+    by_rank = torch.argsort(rank[chosen])
+    budget = by_rank[torch.sort(within[by_rank], stable=True).indices[:max_patches]]
+    return candidates[chosen[budget]].sort().values
+
+
+def _view_cost(memory: PatchMemory, index: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
+    """How differently [n] each patch was seen from the target: 1 - cos(angle) plus |log distance ratio|."""
+    centres = memory.centres[index]
+    to_source = memory.c2w[index, :, 3] - centres
+    to_target = eye - centres
+    d_src, d_tgt = to_source.norm(dim=-1).clamp_min(NEAR), to_target.norm(dim=-1).clamp_min(NEAR)
+    cos = (to_source * to_target).sum(-1) / (d_src * d_tgt)
+    return (1 - cos) + torch.log(d_src / d_tgt).abs()
+
+
+def render(
+    memory: PatchMemory, K: torch.Tensor, c2w: torch.Tensor, height: int, width: int,
+    max_patches: int = DEFAULT_MAX_PATCHES, max_distance: float = DEFAULT_MAX_DISTANCE,
+) -> Rendering:
+    """The memory seen from camera K [3,3], c2w [4,4]: rgb [H,W,3] 0..1, coverage mask [H,W], z-depth [H,W] (0 = empty)."""
+    index = retrieve(memory, K, c2w, height, width, max_patches, max_distance)
+    points, valid = memory.lift(index)
+    colours = memory.rgb[index].reshape(len(index), -1, 3).float() / 255
+    return splat(points[valid], colours[valid], K.float(), c2w.float(), height, width)
+
+
+def iter_render(
+    memory: PatchMemory, path: CameraPath, max_patches: int = DEFAULT_MAX_PATCHES,
+    max_distance: float = DEFAULT_MAX_DISTANCE,
+) -> Iterator[Rendering]:
+    """Render each camera of ``path`` in turn (a caller that may be interrupted keeps what it has consumed)."""
+    for pose in path.c2w:
+        yield render(memory, path.K, pose, path.height, path.width, max_patches, max_distance)
+
+
+def render_path(
+    memory: PatchMemory, path: CameraPath, max_patches: int = DEFAULT_MAX_PATCHES,
+    max_distance: float = DEFAULT_MAX_DISTANCE, callback: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Renderings of every camera of ``path``: rgb [T,H,W,3], mask [T,H,W], depth [T,H,W].
+
+    ``callback(i)`` runs after frame i is done; if it raises (e.g. a user interrupt) the exception
+    propagates. For partial results, iterate :func:`iter_render` instead.
+    """
+    frames = []
+    for i, frame in enumerate(iter_render(memory, path, max_patches, max_distance)):
+        frames.append(frame)
+        if callback is not None:
+            callback(i)
+    return (torch.stack([f.rgb for f in frames]), torch.stack([f.mask for f in frames]),
+            torch.stack([f.depth for f in frames]))
+
+
+def _check_view(
+    memory: PatchMemory, K: torch.Tensor, c2w: torch.Tensor, height: int, width: int, max_patches: int,
+    max_distance: float,
+) -> None:
+    """ValueError naming the input unless the memory has patches and the camera and budgets are usable."""
+    if len(memory) == 0:
+        raise ValueError("memory: the memory is empty: build it from frames first (Build Patch Memory / insert_frames).")
+    if tuple(c2w.shape) != (4, 4):
+        raise ValueError(f"c2w: expected one camera pose [4,4], got shape {list(c2w.shape)}.")
+    validate_cameras(c2w[None].float(), K.float(), "camera")
+    if height <= 0 or width <= 0:
+        raise ValueError(f"height/width: image size must be positive, got {height}x{width}.")
+    if max_patches < 1:
+        raise ValueError(f"max_patches: must be at least 1, got {max_patches}.")
+    if not max_distance > 0:
+        raise ValueError(f"max_distance: must be positive metres, got {max_distance}.")
