@@ -5,6 +5,7 @@ from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
 from .camera_paths import CameraPathFromJSON, CameraPathKeyframes, CameraPathOrbit, CameraPathText, CameraPathToJSON
+from .depth import DepthFromImage
 from .edit_memory import EditPatchMemory
 from .episode import LoadEpisode
 from .memory_files import LoadPatchMemory, PatchMemoryMap, PatchMemoryTo3D, SavePatchMemory
@@ -17,6 +18,7 @@ NODES: list[type[io.ComfyNode]] = [
     CameraPathOrbit,
     CameraPathFromJSON,
     CameraPathToJSON,
+    DepthFromImage,
     BuildPatchMemory,
     EditPatchMemory,
     MergePatchMemories,
