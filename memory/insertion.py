@@ -22,6 +22,9 @@ from .geometry import lift_frame
 from .patches import PatchMemory
 
 FINENESS_STEPS_PER_OCTAVE = 3
+# Voxel grids are shifted by this fraction of an edge: walls at round coordinates (common in simulators)
+# would otherwise lie exactly on voxel faces, where float noise flips patches between two voxels.
+GRID_OFFSET = 0.382
 _AXIS_BITS = 19
 _LEVEL_BITS = 6
 
@@ -114,7 +117,7 @@ def dedupe(memory: PatchMemory, voxel_size: float = 0.05) -> PatchMemory:
     footprint = memory.footprints().clamp_min(1e-6)
     level = torch.floor(torch.log2(footprint / voxel_size)).clamp_min(0)
     edge = voxel_size * torch.exp2(level)
-    cell = torch.floor(memory.centres / edge[:, None]).long()
+    cell = torch.floor(memory.centres / edge[:, None] + GRID_OFFSET).long()
     key = _group_ids(torch.cat([level.long()[:, None], cell], -1))
     fineness = torch.floor(torch.log2(footprint) * FINENESS_STEPS_PER_OCTAVE).long()
     priority = (fineness - fineness.min()) * n + (n - 1 - order)

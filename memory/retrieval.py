@@ -9,7 +9,7 @@ Retrieval has two stages so that the cost after it is bounded whatever the memor
    first (log target depth) with a small penalty for a different viewing angle or resolution than the
    target's; a cell keeps candidates in rank order until their projected area reaches COVER_FACTOR
    times the cell area (at most MAX_PER_CELL). The global budget then takes every cell's first choice
-   (best ranked first), then every cell's second, and so on, until ``max_patches``.
+   (those seen most like the target first), then every cell's second, and so on, until ``max_patches``.
 """
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def retrieve(
     u = (fx * x / z + cx).clamp(0, width - 1e-3)
     v = (fy * y / z + cy).clamp(0, height - 1e-3)
     cell = (v // p).long() * cols + (u // p).long()
-    rank = torch.log(z) + VIEW_PENALTY * _view_cost(memory, candidates, eye)
+    cost = _view_cost(memory, candidates, eye)
+    rank = torch.log(z) + VIEW_PENALTY * cost
     by_rank = torch.argsort(rank)
     order = by_rank[torch.sort(cell[by_rank], stable=True).indices]
     cell_sorted = cell[order]
@@ -65,8 +66,8 @@ def retrieve(
     within = position - start
     wanted = ((covered_before - covered_before[start]) < COVER_FACTOR * p * p) & (within < MAX_PER_CELL)
     chosen, within = order[wanted], within[wanted]
-    by_rank = torch.argsort(rank[chosen])
-    budget = by_rank[torch.sort(within[by_rank], stable=True).indices[:max_patches]]
+    by_cost = torch.argsort(cost[chosen])
+    budget = by_cost[torch.sort(within[by_cost], stable=True).indices[:max_patches]]
     return candidates[chosen[budget]].sort().values
 
 
