@@ -54,9 +54,23 @@ def _texture(points: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
 
 def room_views(c2w: torch.Tensor, K: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact views of the room from cameras ``c2w`` [T,4,4]: rgb uint8 [T,H,W,3] and z-depth float32 [T,H,W]."""
+    rgbs, depths = [], []
+    for hit, t, face in _cast(c2w, K, height, width):
+        rgbs.append((_texture(hit, face) * 255).round().to(torch.uint8).reshape(height, width, 3))
+        depths.append(t.reshape(height, width))
+    return torch.stack(rgbs), torch.stack(depths)
+
+
+def pillar_pixels(c2w: torch.Tensor, K: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Where the pillar is visible [T,H,W] bool from cameras ``c2w`` [T,4,4]."""
+    return torch.stack([(face >= 6).reshape(height, width) for _, _, face in _cast(c2w, K, height, width)])
+
+
+def _cast(c2w: torch.Tensor, K: torch.Tensor, height: int, width: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per camera: hit points [P,3], z-depth [P] and face index [P] of every pixel's ray."""
     uv = pixel_centres(height, width).reshape(-1, 2)
     rays_cam = torch.cat([(uv - K[:2, 2]) / K.diagonal()[:2], torch.ones(len(uv), 1)], -1)
-    rgbs, depths = [], []
+    hits = []
     for pose in c2w.float():
         origin = pose[:3, 3]
         dirs = rays_cam @ pose[:3, :3].T
@@ -64,11 +78,8 @@ def room_views(c2w: torch.Tensor, K: torch.Tensor, height: int, width: int) -> t
         t_pillar, face_pillar = _pillar_hit(origin, dirs)
         pillar = t_pillar < t_room
         t = torch.where(pillar, t_pillar, t_room)
-        face = torch.where(pillar, face_pillar, face_room)
-        colour = _texture(origin + dirs * t[:, None], face)
-        rgbs.append((colour * 255).round().to(torch.uint8).reshape(height, width, 3))
-        depths.append(t.reshape(height, width))
-    return torch.stack(rgbs), torch.stack(depths)
+        hits.append((origin + dirs * t[:, None], t, torch.where(pillar, face_pillar, face_room)))
+    return hits
 
 
 def orbit_cameras(count: int, radius: float = 2.5, height_m: float = 1.2, start_deg: float = 0.0,

@@ -1,0 +1,223 @@
+"""Benchmark of the 3D patch memory: insert throughput, render latency vs memory size, bytes per patch,
+and revisit fidelity against direct reprojection of the same source frames.
+
+    python benchmarks/patch_memory.py --json OUT.json [--episode PATH] [--quick]
+
+Writes OUT.json (top-level keys ``render_ratio_1e6_vs_1e4``, ``bytes_per_patch``, ``revisit_psnr_gap_db``
+plus raw figures) and a plot OUT.png. Targets: ratio <= 3, bytes <= 600, gap >= -0.5 dB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from memory.geometry import lift_frame, splat  # noqa: E402
+from memory.patch_memory import PatchMemory, insert_frames, render  # noqa: E402
+from memory.testscene import orbit_cameras, room_views  # noqa: E402
+
+DEFAULT_EPISODE = Path(__file__).resolve().parents[1] / "memory" / "data" / "sample_episode.safetensors"
+TILE_SPACING_M = 12.0
+
+
+def load_episode(path: Path, quick: bool) -> tuple[dict, str]:
+    """Frames, depth, poses, K, context count and revisit frame ids of the episode, or of the analytic room if absent."""
+    if path.is_file():
+        from memory.episode import read_episode, revisit_frames
+
+        episode = read_episode(path)
+        revisits = revisit_frames(episode)
+        if quick:
+            revisits = revisits[:4]
+        data = dict(rgb=episode.rgb, depth=episode.depth, c2w=episode.c2w, K=episode.K,
+                    context=episode.context_frames, revisits=revisits)
+        return data, str(path)
+    count, revisit_count = (8, 3) if quick else (24, 8)
+    c2w, K = orbit_cameras(count, image_size=64)
+    back, _ = orbit_cameras(revisit_count, radius=2.3, height_m=1.3, start_deg=7, image_size=64)
+    cameras = torch.cat([c2w, back])
+    rgb, depth = room_views(cameras, K, 64, 64)
+    data = dict(rgb=rgb, depth=depth, c2w=cameras, K=K, context=count, revisits=list(range(count, len(cameras))))
+    return data, f"synthetic analytic room ({path} not found)"
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    """PSNR in dB of images [H,W,3] in 0..1 over pixels where ``mask`` is set (nan if none)."""
+    if not bool(mask.any()):
+        return float("nan")
+    mse = ((a - b) ** 2).mean(-1)[mask].mean().clamp_min(1e-10)
+    return float(-10 * torch.log10(mse))
+
+
+def timed(fn, runs: int) -> tuple[float, list[float]]:
+    """Median seconds of ``runs`` calls of ``fn`` (after one warm-up) and all timings."""
+    fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def tiled(memory: PatchMemory, target: int) -> PatchMemory:
+    """A memory of about ``target`` patches: copies of ``memory`` on a square grid of TILE_SPACING_M in x, y."""
+    copies = -(-target // len(memory))
+    side = int(copies ** 0.5) + 1
+    grid = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).reshape(-1, 2)[:copies]
+    grid = (grid - side // 2).float() * TILE_SPACING_M
+    shift = torch.cat([grid, torch.zeros(len(grid), 1)], -1).repeat_interleave(len(memory), 0)
+    base = memory.subset(torch.arange(len(memory)).repeat(copies))
+    c2w = base.c2w.clone()
+    c2w[:, :, 3] += shift
+    big = PatchMemory(**dict(base.tensors(), c2w=c2w, centres=base.centres + shift), patch_size=memory.patch_size)
+    return big.subset(torch.arange(target))
+
+
+def direct_reprojection(data: dict, frame: int) -> "object":
+    """All pixels of all context frames splatted into ``frame``'s camera (no memory)."""
+    points, colours = [], []
+    for i in range(data["context"]):
+        pts, valid = lift_frame(data["depth"][i], data["K"], data["c2w"][i])
+        points.append(pts[valid])
+        colours.append(data["rgb"][i][valid].float() / 255)
+    h, w = data["depth"].shape[1:]
+    return splat(torch.cat(points), torch.cat(colours), data["K"], data["c2w"][frame], h, w)
+
+
+def run(episode_path: Path, quick: bool) -> dict:
+    """All measurements as a JSON-ready dict."""
+    data, source = load_episode(episode_path, quick)
+    c, K = data["context"], data["K"]
+    h, w = data["depth"].shape[1:]
+    runs = 3 if quick else 5
+    ctx = (data["rgb"][:c], data["depth"][:c], data["c2w"][:c], K)
+
+    insert_s, insert_times = timed(lambda: insert_frames(PatchMemory.empty(), *ctx), runs)
+    memory = insert_frames(PatchMemory.empty(), *ctx)
+    raw_patches = c * (h // memory.patch_size) * (w // memory.patch_size)
+    reinserted = insert_frames(memory, *ctx, frame_ids=torch.arange(c))
+    with_revisits = insert_frames(memory, data["rgb"][data["revisits"]], data["depth"][data["revisits"]],
+                                  data["c2w"][data["revisits"]], K)
+
+    sizes = [1_000, 10_000, 30_000] if quick else [10_000, 100_000, 1_000_000]
+    camera = data["c2w"][data["revisits"][0]]
+    latency = {}
+    for size in sizes:
+        big = tiled(memory, size)
+        latency[str(size)], _ = timed(lambda: render(big, K, camera, h, w), runs)
+        del big
+
+    per_frame = []
+    for t in data["revisits"]:
+        truth = data["rgb"][t].float() / 255
+        mem = render(memory, K, data["c2w"][t], h, w)
+        direct = direct_reprojection(data, t)
+        both = (mem.mask > 0) & (direct.mask > 0)
+        per_frame.append({
+            "frame": t, "psnr_memory_db": psnr(mem.rgb, truth, both), "psnr_direct_db": psnr(direct.rgb, truth, both),
+            "psnr_memory_own_coverage_db": psnr(mem.rgb, truth, mem.mask > 0),
+            "psnr_direct_own_coverage_db": psnr(direct.rgb, truth, direct.mask > 0),
+            "coverage_memory": float(mem.mask.mean()), "coverage_direct": float(direct.mask.mean()),
+        })
+    valid = [f for f in per_frame if f["psnr_memory_db"] == f["psnr_memory_db"]]
+    mean = lambda key: statistics.fmean(f[key] for f in valid) if valid else float("nan")  # noqa: E731
+
+    return {
+        "render_ratio_1e6_vs_1e4": latency[str(sizes[-1])] / latency[str(sizes[-2 if quick else 0])],
+        "bytes_per_patch": memory.nbytes / len(memory),
+        "revisit_psnr_gap_db": mean("psnr_memory_db") - mean("psnr_direct_db"),
+        "targets": {"render_ratio_max": 3.0, "bytes_per_patch_max": 600, "revisit_psnr_gap_db_min": -0.5},
+        "quick": quick,
+        "episode": source,
+        "image_size": [h, w],
+        "context_frames": c,
+        "revisit_frames": data["revisits"],
+        "insert": {"seconds_median": insert_s, "seconds_all": insert_times, "raw_patches": raw_patches,
+                   "patches_per_second": raw_patches / insert_s, "stored_patches": len(memory),
+                   "stored_after_reinserting_same_frames": len(reinserted),
+                   "stored_after_inserting_revisit_frames": len(with_revisits),
+                   "revisit_raw_patches": len(data["revisits"]) * raw_patches // c},
+        "render_seconds_median_by_size": latency,
+        "render_budget_patches": 4096,
+        "render_ratio_sizes": [sizes[-1], sizes[-2 if quick else 0]],
+        "revisit": {"psnr_memory_db": mean("psnr_memory_db"), "psnr_direct_db": mean("psnr_direct_db"),
+                    "coverage_memory": mean("coverage_memory"), "coverage_direct": mean("coverage_direct"),
+                    "psnr_measured_on": "pixels covered by both renderings; *_own_coverage_db per frame use each one's own",
+                    "per_frame": per_frame},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version()},
+    }
+
+
+def plot(result: dict, path: Path) -> None:
+    """A two-panel PNG: render latency vs memory size, and revisit PSNR per frame (memory vs direct)."""
+    from PIL import Image, ImageDraw
+
+    width, height, pad = 900, 360, 40
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    panel = (width - 3 * pad) // 2
+
+    def axes(x0: int, title: str) -> None:
+        draw.rectangle([x0, pad, x0 + panel, height - pad], outline="black")
+        draw.text((x0, 10), title, fill="black")
+
+    sizes = sorted(int(k) for k in result["render_seconds_median_by_size"])
+    seconds = [result["render_seconds_median_by_size"][str(s)] for s in sizes]
+    axes(pad, "render latency (ms, median) vs stored patches")
+    top = max(seconds) * 1.2
+    for i, (size, sec) in enumerate(zip(sizes, seconds)):
+        x = pad + (i + 0.5) * panel / len(sizes)
+        y = height - pad - sec / top * (height - 2 * pad)
+        draw.rectangle([x - 20, y, x + 20, height - pad], fill=(70, 130, 200))
+        draw.text((x - 25, y - 14), f"{sec * 1000:.0f} ms", fill="black")
+        draw.text((x - 25, height - pad + 5), f"{size:.0e}", fill="black")
+
+    frames = result["revisit"]["per_frame"]
+    x0 = 2 * pad + panel
+    axes(x0, f"revisit PSNR (dB): memory (red) vs direct (grey), gap {result['revisit_psnr_gap_db']:+.2f} dB")
+    values = [v for f in frames for v in (f["psnr_memory_db"], f["psnr_direct_db"]) if v == v]
+    lo, hi = (min(values) - 1, max(values) + 1) if values else (0, 1)
+    for key, colour in (("psnr_direct_db", (150, 150, 150)), ("psnr_memory_db", (210, 60, 50))):
+        pts = [(x0 + (i + 0.5) * panel / max(1, len(frames)), height - pad - (f[key] - lo) / (hi - lo) * (height - 2 * pad))
+               for i, f in enumerate(frames) if f[key] == f[key]]
+        if len(pts) > 1:
+            draw.line(pts, fill=colour, width=2)
+        for x, y in pts:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+    draw.text((x0 + 5, pad + 5), f"{hi:.1f}", fill="black")
+    draw.text((x0 + 5, height - pad - 15), f"{lo:.1f}", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", required=True, type=Path, help="output JSON file (a .png plot is written next to it)")
+    parser.add_argument("--episode", type=Path, default=DEFAULT_EPISODE, help="come-episode/1 file")
+    parser.add_argument("--quick", action="store_true", help="tiny version that runs in seconds (smoke test)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 keeps timings stable on a shared machine)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    result = run(args.episode, args.quick)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    plot(result, args.json.with_suffix(".png"))
+    print(json.dumps({k: result[k] for k in ("render_ratio_1e6_vs_1e4", "bytes_per_patch", "revisit_psnr_gap_db")}))
+
+
+if __name__ == "__main__":
+    main()
