@@ -2,7 +2,8 @@
 
 Dedupe policy (why: revisits must not grow the memory without bound, and no step may open holes):
 
-1. Exact re-observations -- same group, source frame id and pixel origin -- keep only the newest.
+1. Exact re-observations -- same group, source frame id, pixel origin and depth layer (its first valid
+   pixel) -- keep only the newest.
 2. Each patch gets a voxel key from its centre. The voxel edge adapts to the patch's footprint
    ``s = p * z / f`` (its size in metres): ``voxel_size * 2**k`` with the largest k >= 0 such that the
    edge stays <= s, so one voxel holds about one patch whatever the viewing distance, and near and far
@@ -15,6 +16,8 @@ Dedupe policy (why: revisits must not grow the memory without bound, and no step
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .camera import validate_cameras
@@ -22,6 +25,8 @@ from .geometry import lift_frame
 from .patches import PatchMemory
 
 FINENESS_STEPS_PER_OCTAVE = 3
+# A patch whose sorted depths jump by more than this fraction is split into two single-surface layers.
+DEPTH_SPLIT = 0.15
 # Voxel grids are shifted by this fraction of an edge: walls at round coordinates (common in simulators)
 # would otherwise lie exactly on voxel faces, where float noise flips patches between two voxels.
 GRID_OFFSET = 0.382
@@ -55,48 +60,68 @@ def frames_to_patches(
     rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, frame_ids: torch.Tensor,
     times: torch.Tensor, patch_size: int, group: int = 0,
 ) -> PatchMemory:
-    """Patches (in frame, row, column order) of validated frames rgb uint8 [T,H,W,3], depth [T,H,W], c2w [T,4,4]; no dedupe."""
+    """Patches (frame by frame) of validated frames rgb uint8 [T,H,W,3], depth [T,H,W], c2w [T,4,4]; no dedupe.
+
+    A patch whose depths jump by more than DEPTH_SPLIT (relative) between two layers, e.g. an object
+    edge in front of a wall, is stored twice with complementary pixel masks (depth 0 elsewhere), so
+    that every stored patch lies on one surface: its centre and radius are tight, and editing the
+    object does not leave its edge pixels behind.
+    """
     t, h, w = depth.shape
     p = patch_size
     rows, cols = h // p, w // p
-    per_frame = rows * cols
+    grid_v, grid_u = torch.meshgrid(torch.arange(rows) * p, torch.arange(cols) * p, indexing="ij")
+    origins = torch.stack([grid_u, grid_v], -1).reshape(-1, 2).to(torch.int16)
+    intrinsics = torch.stack([K[0, 0], K[1, 1], K[0, 2], K[1, 2]]).float()
 
     def tiles(x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        x = x.reshape(n, rows, p, cols, p, *x.shape[3:]).transpose(2, 3)
-        return x.reshape(n * per_frame, p, p, *x.shape[5:])
+        x = x.reshape(rows, p, cols, p, *x.shape[2:]).transpose(1, 2)
+        return x.reshape(rows * cols, p * p, *x.shape[4:])
 
-    def per_patch(x: torch.Tensor) -> torch.Tensor:
-        return x.repeat_interleave(per_frame, 0)
-
-    centres, radii = [], []
+    parts = [PatchMemory.empty(p)]
     for i in range(t):
-        pts, valid = lift_frame(depth[i], K, c2w[i])
-        pts, valid = tiles(pts[None]).reshape(per_frame, -1, 3), tiles(valid[None]).reshape(per_frame, -1)
-        weight = valid.float()[..., None]
-        centre = (pts * weight).sum(1) / weight.sum(1).clamp_min(1)
-        spread = ((pts - centre[:, None]).norm(dim=-1) * valid).amax(1)
-        centres.append(centre)
-        radii.append(spread)
-    depth_tiles = tiles(depth)
-    keep = (depth_tiles > 0).flatten(1).any(1)
-    grid_v, grid_u = torch.meshgrid(torch.arange(rows) * p, torch.arange(cols) * p, indexing="ij")
-    origins = torch.stack([grid_u, grid_v], -1).reshape(1, per_frame, 2).expand(t, -1, -1).reshape(-1, 2)
-    intrinsics = torch.stack([K[0, 0], K[1, 1], K[0, 2], K[1, 2]]).expand(t * per_frame, 4)
-    patches = PatchMemory(
-        rgb=tiles(rgb).contiguous(),
-        depth=depth_tiles.to(torch.float16),
-        c2w=per_patch(c2w[:, :3, :]).contiguous(),
-        intrinsics=intrinsics.contiguous(),
-        origins=origins.to(torch.int16),
-        frame_ids=per_patch(frame_ids.to(torch.int32)),
-        times=per_patch(times.float()),
-        groups=torch.full((t * per_frame,), group, dtype=torch.int32),
-        centres=torch.cat(centres),
-        radii=torch.cat(radii),
-        patch_size=p,
-    )
-    return patches.subset(keep)
+        points, _ = lift_frame(depth[i], K, c2w[i])
+        points, tile_depth, colours = tiles(points), tiles(depth[i]), tiles(rgb[i])
+        masks, source = _depth_layers(tile_depth)
+        n = len(source)
+        weight = masks.float()[..., None]
+        centres = (points[source] * weight).sum(1) / weight.sum(1).clamp_min(1)
+        radii = ((points[source] - centres[:, None]).norm(dim=-1) * masks).amax(1)
+        parts.append(PatchMemory(
+            rgb=colours[source].reshape(n, p, p, 3),
+            depth=torch.where(masks, tile_depth[source], 0).reshape(n, p, p).to(torch.float16),
+            c2w=c2w[i, :3, :].expand(n, 3, 4).contiguous(),
+            intrinsics=intrinsics.expand(n, 4).contiguous(),
+            origins=origins[source],
+            frame_ids=torch.full((n,), int(frame_ids[i]), dtype=torch.int32),
+            times=torch.full((n,), float(times[i]), dtype=torch.float32),
+            groups=torch.full((n,), group, dtype=torch.int32),
+            centres=centres,
+            radii=radii,
+            patch_size=p,
+        ))
+    return PatchMemory(**{k: torch.cat([part.tensors()[k] for part in parts]) for k in parts[0].tensors()},
+                       patch_size=p)
+
+
+def _depth_layers(tile_depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel masks [L,P] of the stored patches and their source tile [L] for tile depths [n,P]: tiles with no
+    valid pixel are dropped, tiles with a depth jump are split into a near and a far layer (near first)."""
+    valid = tile_depth > 0
+    ordered = torch.where(valid, tile_depth, torch.inf).sort(-1).values
+    gaps = torch.log(ordered[:, 1:]) - torch.log(ordered[:, :-1])
+    gaps = torch.nan_to_num(gaps, nan=0.0, posinf=0.0)
+    largest, at = gaps.max(-1)
+    split = largest > math.log1p(DEPTH_SPLIT)
+    threshold = torch.sqrt(ordered.gather(1, at[:, None]) * ordered.gather(1, at[:, None] + 1))
+    near = valid & (~split[:, None] | (tile_depth < threshold))
+    far = valid & split[:, None] & (tile_depth >= threshold)
+    keep = valid.any(1)
+    tiles = torch.arange(len(tile_depth))
+    source = torch.cat([tiles[keep], tiles[split]])
+    masks = torch.cat([near[keep], far[split]])
+    order = torch.argsort(source, stable=True)
+    return masks[order], source[order]
 
 
 def dedupe(memory: PatchMemory, voxel_size: float = 0.05) -> PatchMemory:
@@ -109,7 +134,8 @@ def dedupe(memory: PatchMemory, voxel_size: float = 0.05) -> PatchMemory:
     order = torch.arange(n)
     view = memory.groups.long() * (1 << 32) + memory.frame_ids.long()
     origin = memory.origins.long()
-    same_obs = _group_ids(torch.stack([view, origin[:, 0] * 65536 + origin[:, 1]], -1))
+    first_pixel = (memory.depth.reshape(n, -1) > 0).int().argmax(-1)
+    same_obs = _group_ids(torch.stack([view, origin[:, 0] * 65536 + origin[:, 1], first_pixel], -1))
     newest = torch.zeros(int(same_obs.max()) + 1, dtype=torch.long).scatter_reduce(0, same_obs, order, "amax")
     memory = memory.subset(newest.sort().values)
     n, order = len(memory), torch.arange(len(memory))

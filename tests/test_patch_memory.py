@@ -57,17 +57,27 @@ def test_stored_patch_costs_at_most_600_bytes(memory):
 def test_single_frame_is_cut_into_patches_that_lift_to_its_points(scene):
     rgb, depth, c2w, K = scene
     one = insert_frames(PatchMemory.empty(), rgb[:1], depth[:1], c2w[:1], K)
-    assert len(one) == (SIZE // 8) ** 2
+    origins = one.origins.long()
+    assert len(torch.unique(origins[:, 0] * 1000 + origins[:, 1])) == (SIZE // 8) ** 2
     lifted, valid = one.lift()
     expected, _ = lift_frame(depth[0], K, c2w[0])
-    for i in (0, 9, 63):
+    coverage = torch.zeros(SIZE, SIZE, dtype=torch.long)
+    for i in range(len(one)):
         u0, v0 = one.origins[i].tolist()
         block = expected[v0:v0 + 8, u0:u0 + 8].reshape(-1, 3)
-        assert float((lifted[i] - block).abs().max()) < 0.01  # float16 depth: ~1e-3 relative
-    assert bool(valid.all())
+        assert float((lifted[i] - block)[valid[i]].abs().max()) < 0.01  # float16 depth: ~1e-3 relative
+        coverage[v0:v0 + 8, u0:u0 + 8] += valid[i].reshape(8, 8).long()
+    assert bool((coverage == 1).all())  # split layers partition the frame's pixels
     points, colours, owner = one.points()
-    assert len(points) == SIZE * SIZE
-    assert owner.max() == len(one) - 1 and float(colours.max()) <= 1.0
+    assert len(points) == SIZE * SIZE and owner.max() == len(one) - 1 and float(colours.max()) <= 1.0
+
+
+def test_patches_straddling_a_depth_edge_are_split_into_tight_layers(scene):
+    rgb, depth, c2w, K = scene
+    one = insert_frames(PatchMemory.empty(), rgb[:1], depth[:1], c2w[:1], K)
+    assert len(one) > (SIZE // 8) ** 2  # the pillar's silhouette splits some patches
+    footprint = one.footprints()
+    assert float((one.radii / footprint).max()) < 3.0  # no patch spans pillar and wall (metres apart)
 
 
 def test_render_reproduces_the_source_view(scene):
@@ -131,7 +141,8 @@ def test_patches_without_valid_depth_are_dropped(scene):
     holed = depth[:1].clone()
     holed[0, :8, :16] = 0
     one = insert_frames(PatchMemory.empty(), rgb[:1], holed, c2w[:1], K)
-    assert len(one) == (SIZE // 8) ** 2 - 2
+    origins = one.origins.long()
+    assert len(torch.unique(origins[:, 0] * 1000 + origins[:, 1])) == (SIZE // 8) ** 2 - 2
     assert not ((one.origins[:, 1] == 0) & (one.origins[:, 0] < 16)).any()
 
 
@@ -188,7 +199,8 @@ def test_retrieval_budget_prefers_the_front_surface_and_spreads_over_the_screen(
     front = retrieve(memory, K, c2w[3], SIZE, SIZE)
     chosen = retrieve(doubled, K, c2w[3], SIZE, SIZE, max_patches=len(front))
     assert len(chosen) <= len(front)
-    assert float((chosen < len(memory)).float().mean()) > 0.8
+    # Mostly the original; the copy only where it is in front (its pillar is nearer than the original far wall).
+    assert float((chosen < len(memory)).float().mean()) > 0.7
     few = retrieve(memory, K, c2w[3], SIZE, SIZE, max_patches=16)
     assert len(few) == 16
     view = render(memory.subset(few), K, c2w[3], SIZE, SIZE)
@@ -253,7 +265,25 @@ def test_load_rejects_corrupted_foreign_and_inconsistent_files(tmp_path, memory)
 def test_frames_to_patches_keeps_frame_ids_times_and_origins(scene):
     rgb, depth, c2w, K = scene
     patches = frames_to_patches(rgb[:2], depth[:2], c2w[:2], K, torch.tensor([7, 9]), torch.tensor([0.5, 1.5]), 8)
-    assert patches.frame_ids.tolist() == [7] * 64 + [9] * 64
-    assert patches.times[64].item() == 1.5
-    assert patches.origins[9].tolist() == [8, 8]
-    assert torch.equal(patches.rgb[9], rgb[0, 8:16, 8:16])
+    first = int((patches.frame_ids == 7).sum())
+    assert first >= 64 and bool((patches.frame_ids[first:] == 9).all())
+    assert bool((patches.times[first:] == 1.5).all()) and bool((patches.times[:first] == 0.5).all())
+    at = ((patches.origins[:first] == torch.tensor([8, 8], dtype=torch.int16)).all(-1)).nonzero()[0, 0]
+    assert torch.equal(patches.rgb[at], rgb[0, 8:16, 8:16])
+
+
+def test_benchmark_quick_run_writes_the_agreed_keys(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "patch_memory.py"), "--json", str(out), "--quick"],
+                   check=True, cwd=root, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    for key in ("render_ratio_1e6_vs_1e4", "bytes_per_patch", "revisit_psnr_gap_db"):
+        assert isinstance(result[key], float), key
+    assert result["bytes_per_patch"] <= 600
+    assert out.with_suffix(".png").stat().st_size > 1000
