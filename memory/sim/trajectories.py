@@ -127,6 +127,7 @@ class _Walker:
     def __init__(self, xy: np.ndarray, yaw: float, speed: float, turn: float, align_tol: float) -> None:
         self.xy, self.yaw = xy.astype(np.float64), float(yaw)
         self.speed, self.turn, self.align_tol = speed, turn, align_tol
+        self._last_turn = 0.0
         self.frames: list[tuple[np.ndarray, float, int]] = [(self.xy.copy(), self.yaw, NOOP)]
 
     def follow(self, waypoints: list[np.ndarray], limit: int) -> None:
