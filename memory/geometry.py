@@ -17,7 +17,7 @@ SPLAT_SLACK = 0.05
 
 def pixel_centres(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
     """Pixel-centre coordinates [H,W,2] as (u, v) = (col + 0.5, row + 0.5)."""
-    grid = kornia.utils.create_meshgrid(height, width, normalized_coordinates=False, device=device)[0]
+    grid = kornia.geometry.create_meshgrid(height, width, normalized_coordinates=False, device=device)[0]
     return grid + 0.5
 
 
