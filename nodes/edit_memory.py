@@ -54,7 +54,7 @@ class EditPatchMemory(io.ComfyNode):
                 io.Int.Input("mask_frame", default=0, min=0, max=100000, optional=True,
                              tooltip="mask selection: which camera of mask_camera (and which mask of a batch) to use."),
             ],
-            outputs=[PatchMemoryType.Output("memory", tooltip="The edited memory.")],
+            outputs=[PatchMemoryType.Output("edited_memory", tooltip="The edited memory.")],
         )
 
     @classmethod

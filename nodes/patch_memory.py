@@ -47,8 +47,8 @@ class BuildPatchMemory(io.ComfyNode):
                 io.Int.Input("last_frame", default=-1, min=-1, max=100000,
                              tooltip="Last frame to insert (inclusive); -1 = the last frame."),
                 io.Int.Input("frame_stride", default=1, min=1, max=1000, tooltip="Insert every n-th frame."),
-                PatchMemoryType.Input("memory", optional=True,
-                                      tooltip="Optional memory to add to (a new one is made if not connected)."),
+                PatchMemoryType.Input("base_memory", optional=True,
+                                      tooltip="Optional memory to add the frames to (a new one is made if not connected)."),
             ],
             outputs=[PatchMemoryType.Output("memory", tooltip="The patch memory.")],
         )
@@ -56,7 +56,7 @@ class BuildPatchMemory(io.ComfyNode):
     @classmethod
     def execute(cls, frames: torch.Tensor, metric_depth: DepthMaps, camera_path: CameraPath, patch_size: int,
                 voxel_size: float, first_frame: int, last_frame: int, frame_stride: int,
-                memory: PatchMemory | None = None) -> io.NodeOutput:
+                base_memory: PatchMemory | None = None) -> io.NodeOutput:
         total = len(camera_path)
         stop = total if last_frame < 0 else last_frame + 1
         if not 0 <= first_frame < stop <= total:
@@ -66,7 +66,7 @@ class BuildPatchMemory(io.ComfyNode):
             raise ValueError(f"frames/metric_depth/camera_path: counts differ ({len(frames)} frames, "
                              f"{len(metric_depth)} depth maps, {total} cameras); connect outputs of the same episode.")
         idx = torch.arange(first_frame, stop, frame_stride)
-        base = memory if memory is not None else PatchMemory.empty(patch_size=patch_size)
+        base = base_memory if base_memory is not None else PatchMemory.empty(patch_size=patch_size)
         built = insert_frames(base, frames[idx], metric_depth.metres[idx], camera_path.c2w[idx], camera_path.K,
                               frame_ids=idx, voxel_size=voxel_size)
         return io.NodeOutput(built)
