@@ -55,5 +55,8 @@ def run_harness(mode: str, workflows: list[str], work: Path, timeout: int = 1200
         cwd=PACK, capture_output=True, text=True, timeout=timeout,
     )
     results_file = work / f"results-{mode.split('-')[1]}.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else None
-    return {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr, "results": results}
+    report = json.loads(results_file.read_text()) if results_file.exists() else None
+    # run-ui wraps the per-workflow list with browser diagnostics; run-api/run-direct write the bare list
+    results = report.get("results") if isinstance(report, dict) else report
+    return {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr, "results": results,
+            "report": report}

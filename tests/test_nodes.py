@@ -7,16 +7,6 @@ import struct
 import pytest
 import torch
 
-from comfyui_support import start_comfyui_in_process
-
-
-@pytest.fixture(scope="module")
-def comfy(tmp_path_factory):
-    """ComfyUI's node mappings with this pack loaded, and its output folder."""
-    out = tmp_path_factory.mktemp("comfy_out")
-    mappings = start_comfyui_in_process(out)
-    return mappings, out
-
 
 def node(comfy, node_id):
     """The registered class of a CoME node."""
