@@ -60,7 +60,7 @@ class Rendering:
 
 def splat(
     points: torch.Tensor, colors: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, height: int, width: int,
-    far: float = float("inf"),
+    far: float = float("inf"), z_bias: torch.Tensor | None = None,
 ) -> Rendering:
     """Forward-splat world points [N,3] with colours [N,3] into a camera with a z-buffer.
 
@@ -68,16 +68,19 @@ def splat(
     surfaces have no cracks; the nearest point wins every pixel. The depth test uses
     ``z * (1 + SPLAT_SLACK * d^2)`` with d the pixel distance from the point, so on a sloped surface
     the point that lands on a pixel beats its neighbour's spill-over (otherwise the image shifts by
-    up to a pixel), while true occluders, nearer by more than the slack, still win.
+    up to a pixel), while true occluders, nearer by more than the slack, still win. ``z_bias`` [N]
+    (optional, >= 0) handicaps points in the depth test by that relative amount, e.g. to prefer the
+    source view most like the target where several show the same surface; output depth is unbiased.
     """
     uv, z = project(points, K, c2w)
     keep = (z > NEAR) & (z < far) & torch.isfinite(uv).all(-1)
     uv, z, colors = uv[keep], z[keep], colors[keep]
+    handicap = 1 if z_bias is None else 1 + z_bias[keep]
     base = torch.floor(uv - 0.5).long()
     offsets = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1]], device=uv.device)
     px = (base[:, None, :] + offsets[None]).reshape(-1, 2)
     spill = ((px.reshape(-1, 4, 2) + 0.5 - uv[:, None]) ** 2).sum(-1)
-    zz = (z[:, None] * (1 + SPLAT_SLACK * spill)).reshape(-1)
+    zz = ((z * handicap)[:, None] * (1 + SPLAT_SLACK * spill)).reshape(-1)
     src = torch.arange(len(z), device=uv.device)[:, None].expand(-1, 4).reshape(-1)
     inside = (px[:, 0] >= 0) & (px[:, 0] < width) & (px[:, 1] >= 0) & (px[:, 1] < height)
     px, zz, src = px[inside], zz[inside], src[inside]

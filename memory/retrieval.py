@@ -2,8 +2,9 @@
 
 Retrieval has two stages so that the cost after it is bounded whatever the memory size:
 
-1. Culling (vectorised over all N patches, a few float ops each): bounding spheres against the four
-   side planes of the frustum, the near plane and ``max_distance``.
+1. Culling: large memories first take only the patches in grid cells under the frustum's xy bounds
+   (``memory.index``, see spatial_index.py), so the cost does not grow with the whole memory; then
+   bounding spheres are tested against the four side planes, the near plane and ``max_distance``.
 2. Coverage-greedy choice among the survivors: each is assigned to the coarse screen cell (one target
    patch, ``p`` x ``p`` pixels) its centre projects to; within a cell candidates are ranked front surface
    first (log target depth) with a small penalty for a different viewing angle or resolution than the
@@ -24,8 +25,15 @@ from .patches import PatchMemory
 COVER_FACTOR = 3.0
 MAX_PER_CELL = 32
 VIEW_PENALTY = 0.1
+# Where several retrieved patches show the same surface, the splat's depth test prefers the one seen
+# most like the target (appearance is view-dependent): a relative handicap of SPLAT_VIEW_BIAS per unit
+# of _view_cost, capped so that a real occluder (nearer by more than the cap) still wins.
+SPLAT_VIEW_BIAS = 0.2
+MAX_VIEW_HANDICAP = 0.1
 DEFAULT_MAX_PATCHES = 4096
 DEFAULT_MAX_DISTANCE = 20.0
+# Below this many patches a full scan is as fast as the grid index (measured: ~2 ms at 6.5e4).
+INDEX_MIN_PATCHES = 65536
 
 
 def retrieve(
@@ -36,17 +44,19 @@ def retrieve(
     _check_view(memory, K, c2w, height, width, max_patches, max_distance)
     K, c2w = K.float(), c2w.float()
     rot, eye = c2w[:3, :3], c2w[:3, 3]
-    cam = memory.centres @ rot - eye @ rot
-    x, y, z, r = cam[:, 0], cam[:, 1], cam[:, 2], memory.radii
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    pool = _near_frustum(memory, K, c2w, height, width, max_distance)
+    cam = memory.centres[pool] @ rot - eye @ rot
+    x, y, z, r = cam[:, 0], cam[:, 1], cam[:, 2], memory.radii[pool]
     keep = (z + r > NEAR) & (z - r < max_distance)
     for coord, lo, hi in ((x, -cx / fx, (width - cx) / fx), (y, -cy / fy, (height - cy) / fy)):
         keep &= (coord - lo * z) >= -r * (1 + lo * lo) ** 0.5
         keep &= (hi * z - coord) >= -r * (1 + hi * hi) ** 0.5
-    candidates = keep.nonzero().flatten()
+    candidates = pool[keep]
+    x, y, z, r = x[keep], y[keep], z[keep], r[keep]
     if len(candidates) <= max_patches:
         return candidates
-    x, y, z, r = x[candidates], y[candidates], z[candidates].clamp_min(NEAR), r[candidates]
+    z = z.clamp_min(NEAR)
     p = memory.patch_size
     cols = -(-width // p)
     u = (fx * x / z + cx).clamp(0, width - 1e-3)
@@ -71,6 +81,18 @@ def retrieve(
     return candidates[chosen[budget]].sort().values
 
 
+def _near_frustum(
+    memory: PatchMemory, K: torch.Tensor, c2w: torch.Tensor, height: int, width: int, max_distance: float,
+) -> torch.Tensor:
+    """Indices of patches that may lie in the frustum: all of a small memory, else a grid query of its xy bounds."""
+    if len(memory) < INDEX_MIN_PATCHES or not max_distance < float("inf"):
+        return torch.arange(len(memory))
+    corners = torch.tensor([[0.0, 0.0], [width, 0.0], [0.0, height], [width, height]])
+    rays = torch.cat([(corners - K[:2, 2]) / K.diagonal()[:2], torch.ones(4, 1)], -1) * max_distance
+    hull = torch.cat([c2w[:3, 3][None], rays @ c2w[:3, :3].T + c2w[:3, 3]])[:, :2]
+    return memory.index.query(hull.amin(0), hull.amax(0))
+
+
 def _view_cost(memory: PatchMemory, index: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
     """How differently [n] each patch was seen from the target: 1 - cos(angle) plus |log distance ratio|."""
     centres = memory.centres[index]
@@ -89,7 +111,9 @@ def render(
     index = retrieve(memory, K, c2w, height, width, max_patches, max_distance)
     points, valid = memory.lift(index)
     colours = memory.rgb[index].reshape(len(index), -1, 3).float() / 255
-    return splat(points[valid], colours[valid], K.float(), c2w.float(), height, width)
+    cost = _view_cost(memory, index, c2w[:3, 3].float())
+    bias = (SPLAT_VIEW_BIAS * cost).clamp_max(MAX_VIEW_HANDICAP)[:, None].expand_as(valid)
+    return splat(points[valid], colours[valid], K.float(), c2w.float(), height, width, z_bias=bias[valid])
 
 
 def iter_render(
