@@ -4,14 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memory.camera import intrinsics_from_fov, look_rotation, pose_matrix
+from memory.camera import CameraPath, intrinsics_from_fov, look_rotation, pose_matrix
+from memory.files import atomic_save_safetensors
 from memory.geometry import lift_frame
 from memory.patch_memory import (
     PatchMemory, frames_to_patches, insert_frames, iter_render, load_memory, render, render_path, retrieve,
     save_memory,
 )
-from memory.camera import CameraPath
-from memory.files import atomic_save_safetensors
 from memory.testscene import orbit_cameras, room_views
 
 SIZE = 64
