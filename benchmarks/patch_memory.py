@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memory.geometry import lift_frame, splat  # noqa: E402
+from memory.geometry import lift_frame, splat_grids  # noqa: E402
 from memory.patch_memory import PatchMemory, frames_to_patches, insert_frames, render  # noqa: E402
 from memory.testscene import orbit_cameras, room_views  # noqa: E402
 
@@ -84,14 +84,12 @@ def tiled(memory: PatchMemory, target: int) -> PatchMemory:
 
 
 def direct_reprojection(data: dict, frame: int) -> "object":
-    """All pixels of all context frames splatted into ``frame``'s camera (no memory)."""
-    points, colours = [], []
-    for i in range(data["context"]):
-        pts, valid = lift_frame(data["depth"][i], data["K"], data["c2w"][i])
-        points.append(pts[valid])
-        colours.append(data["rgb"][i][valid].float() / 255)
+    """All pixels of all context frames splatted into ``frame``'s camera (no memory, no view preference)."""
+    c = data["context"]
+    points, valid = zip(*(lift_frame(data["depth"][i], data["K"], data["c2w"][i]) for i in range(c)))
     h, w = data["depth"].shape[1:]
-    return splat(torch.cat(points), torch.cat(colours), data["K"], data["c2w"][frame], h, w)
+    colours = data["rgb"][:c].float() / 255
+    return splat_grids(torch.stack(points), torch.stack(valid), colours, data["K"], data["c2w"][frame], h, w)
 
 
 def run(episode_path: Path, quick: bool) -> dict:

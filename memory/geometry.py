@@ -13,6 +13,8 @@ import torch
 NEAR = 1e-3
 # Relative depth slack per squared pixel of spill in the splat z-test (see splat).
 SPLAT_SLACK = 0.05
+# Largest splat square in pixels: beyond it a magnified surface is left open rather than smeared.
+MAX_FOOTPRINT = 8
 
 
 def pixel_centres(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
@@ -60,28 +62,71 @@ class Rendering:
 
 def splat(
     points: torch.Tensor, colors: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, height: int, width: int,
-    far: float = float("inf"), z_bias: torch.Tensor | None = None,
+    far: float = float("inf"), z_bias: torch.Tensor | None = None, footprint: torch.Tensor | None = None,
 ) -> Rendering:
     """Forward-splat world points [N,3] with colours [N,3] into a camera with a z-buffer.
 
-    Each point covers the 2x2 pixels nearest to its sub-pixel position so that slightly magnified
-    surfaces have no cracks; the nearest point wins every pixel. The depth test uses
-    ``z * (1 + SPLAT_SLACK * d^2)`` with d the pixel distance from the point, so on a sloped surface
-    the point that lands on a pixel beats its neighbour's spill-over (otherwise the image shifts by
-    up to a pixel), while true occluders, nearer by more than the slack, still win. ``z_bias`` [N]
-    (optional, >= 0) handicaps points in the depth test by that relative amount, e.g. to prefer the
-    source view most like the target where several show the same surface; output depth is unbiased.
+    Each point covers the ``footprint`` x ``footprint`` pixels nearest to its sub-pixel position
+    (default 2, so slightly magnified surfaces have no cracks); the nearest point wins every pixel.
+    The depth test uses ``z * (1 + SPLAT_SLACK * d^2)`` with d the pixel distance from the point, so
+    on a sloped surface the point that lands on a pixel beats its neighbour's spill-over (otherwise the
+    image shifts by up to a pixel), while true occluders, nearer by more than the slack, still win.
+    ``z_bias`` [N] (optional, >= 0) handicaps points in the depth test by that relative amount, e.g. to
+    prefer the source view most like the target where several show the same surface; output depth is
+    unbiased. ``footprint`` [N] (optional, int >= 1) sets each point's square size in pixels.
     """
     uv, z = project(points, K, c2w)
+    return _splat_projected(uv, z, colors, height, width, far, z_bias, footprint)
+
+
+def splat_grids(
+    points: torch.Tensor, valid: torch.Tensor, colors: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor,
+    height: int, width: int, z_bias: torch.Tensor | None = None,
+) -> Rendering:
+    """Forward-splat pixel grids (frames or patches) points [n,h,w,3], valid [n,h,w], colours [n,h,w,3], z_bias [n,h,w].
+
+    Each point's square covers the gap to its grid neighbours as seen from the target, so surfaces
+    magnified by the new view (closer, or seen face-on after a grazing source view) stay closed.
+    """
+    uv, z = project(points, K, c2w)
+    footprint = grid_footprint(uv, valid)
+    bias = None if z_bias is None else z_bias[valid]
+    return _splat_projected(uv[valid], z[valid], colors[valid], height, width, float("inf"), bias, footprint[valid])
+
+
+def grid_footprint(uv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Splat size [n,h,w] (pixels, 2..MAX_FOOTPRINT) of grid points projected to ``uv`` [n,h,w,2]: their largest gap to a valid grid neighbour."""
+    gap = torch.zeros(valid.shape)
+    for dim in (1, 2):
+        step = (uv.narrow(dim, 1, uv.shape[dim] - 1) - uv.narrow(dim, 0, uv.shape[dim] - 1)).abs().amax(-1)
+        both = valid.narrow(dim, 1, valid.shape[dim] - 1) & valid.narrow(dim, 0, valid.shape[dim] - 1)
+        step = torch.where(both & torch.isfinite(step), step, torch.zeros_like(step))
+        gap.narrow(dim, 1, gap.shape[dim] - 1).copy_(torch.maximum(gap.narrow(dim, 1, gap.shape[dim] - 1), step))
+        gap.narrow(dim, 0, gap.shape[dim] - 1).copy_(torch.maximum(gap.narrow(dim, 0, gap.shape[dim] - 1), step))
+    return torch.ceil(gap + 0.5).clamp(2, MAX_FOOTPRINT).long()
+
+
+def _splat_projected(
+    uv: torch.Tensor, z: torch.Tensor, colors: torch.Tensor, height: int, width: int, far: float,
+    z_bias: torch.Tensor | None, footprint: torch.Tensor | None,
+) -> Rendering:
+    """The z-buffered splat of :func:`splat` for points already projected to ``uv`` [N,2] at depth ``z`` [N]."""
     keep = (z > NEAR) & (z < far) & torch.isfinite(uv).all(-1)
     uv, z, colors = uv[keep], z[keep], colors[keep]
-    handicap = 1 if z_bias is None else 1 + z_bias[keep]
-    base = torch.floor(uv - 0.5).long()
-    offsets = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1]], device=uv.device)
-    px = (base[:, None, :] + offsets[None]).reshape(-1, 2)
-    spill = ((px.reshape(-1, 4, 2) + 0.5 - uv[:, None]) ** 2).sum(-1)
-    zz = ((z * handicap)[:, None] * (1 + SPLAT_SLACK * spill)).reshape(-1)
-    src = torch.arange(len(z), device=uv.device)[:, None].expand(-1, 4).reshape(-1)
+    handicap = torch.ones_like(z) if z_bias is None else 1 + z_bias[keep]
+    sizes = torch.full_like(z, 2, dtype=torch.long) if footprint is None else footprint[keep]
+    px_parts, zz_parts, src_parts = [torch.zeros(0, 2, dtype=torch.long)], [torch.zeros(0)], [torch.zeros(0, dtype=torch.long)]
+    for size in sizes.unique().tolist():
+        members = (sizes == size).nonzero().flatten()
+        offsets = torch.stack(torch.meshgrid(torch.arange(size), torch.arange(size), indexing="xy"), -1).reshape(-1, 2)
+        base = torch.floor(uv[members] + 0.5 - size / 2).long()
+        px = base[:, None, :] + offsets[None]
+        spill = ((px + 0.5 - uv[members][:, None]) ** 2).sum(-1)
+        zz = (z[members] * handicap[members])[:, None] * (1 + SPLAT_SLACK * spill)
+        px_parts.append(px.reshape(-1, 2))
+        zz_parts.append(zz.reshape(-1))
+        src_parts.append(members[:, None].expand(-1, size * size).reshape(-1))
+    px, zz, src = torch.cat(px_parts), torch.cat(zz_parts), torch.cat(src_parts)
     inside = (px[:, 0] >= 0) & (px[:, 0] < width) & (px[:, 1] >= 0) & (px[:, 1] < height)
     px, zz, src = px[inside], zz[inside], src[inside]
     lin = px[:, 1] * width + px[:, 0]

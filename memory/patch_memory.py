@@ -12,13 +12,13 @@ from pathlib import Path
 from .files import atomic_save_safetensors, read_safetensors
 from .insertion import dedupe, frames_to_patches, insert_frames
 from .patches import FIELD_SPECS, PatchMemory
-from .retrieval import iter_render, render, render_path, retrieve
+from .retrieval import iter_render, render, render_path, retrieve, stack_renderings
 
 MEMORY_FORMAT = "come-patch-memory/1"
 
 __all__ = [
     "MEMORY_FORMAT", "PatchMemory", "dedupe", "frames_to_patches", "insert_frames", "iter_render", "load_memory",
-    "render", "render_path", "retrieve", "save_memory",
+    "render", "render_path", "retrieve", "save_memory", "stack_renderings",
 ]
 
 

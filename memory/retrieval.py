@@ -14,12 +14,12 @@ Retrieval has two stages so that the cost after it is bounded whatever the memor
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 from .camera import CameraPath, validate_cameras
-from .geometry import NEAR, Rendering, splat
+from .geometry import NEAR, Rendering, splat_grids
 from .patches import PatchMemory
 
 COVER_FACTOR = 3.0
@@ -110,11 +110,13 @@ def render(
 ) -> Rendering:
     """The memory seen from camera K [3,3], c2w [4,4]: rgb [H,W,3] 0..1, coverage mask [H,W], z-depth [H,W] (0 = empty)."""
     index = retrieve(memory, K, c2w, height, width, max_patches, max_distance)
+    p = memory.patch_size
     points, valid = memory.lift(index)
-    colours = memory.rgb[index].reshape(len(index), -1, 3).float() / 255
+    colours = memory.rgb[index].float() / 255
     cost = _view_cost(memory, index, c2w[:3, 3].float())
-    bias = (SPLAT_VIEW_BIAS * cost).clamp_max(MAX_VIEW_HANDICAP)[:, None].expand_as(valid)
-    return splat(points[valid], colours[valid], K.float(), c2w.float(), height, width, z_bias=bias[valid])
+    bias = (SPLAT_VIEW_BIAS * cost).clamp_max(MAX_VIEW_HANDICAP)[:, None, None].expand(-1, p, p)
+    return splat_grids(points.reshape(-1, p, p, 3), valid.reshape(-1, p, p), colours, K.float(), c2w.float(),
+                       height, width, z_bias=bias)
 
 
 def iter_render(
@@ -140,6 +142,11 @@ def render_path(
         frames.append(frame)
         if callback is not None:
             callback(i)
+    return stack_renderings(frames)
+
+
+def stack_renderings(frames: Sequence[Rendering]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-frame renderings as batches: rgb [T,H,W,3], mask [T,H,W], depth [T,H,W]."""
     return (torch.stack([f.rgb for f in frames]), torch.stack([f.mask for f in frames]),
             torch.stack([f.depth for f in frames]))
 

@@ -103,7 +103,7 @@ class PatchMemoryTo3D(io.ComfyNode):
 
     @classmethod
     def execute(cls, memory: PatchMemory, filename_prefix: str, max_points: int) -> io.NodeOutput:
-        points, colors, _ = memory.points()
+        points, colors, _ = memory.points(max_points=max_points)
         path, relative = output_file(filename_prefix, "glb")
         export_glb(points, colors, path, max_points=max_points)
         return io.NodeOutput(relative, ui={"text": [relative]})

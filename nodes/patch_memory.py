@@ -7,8 +7,8 @@ from comfy_api.latest import io
 from ..memory.camera import CameraPath
 from ..memory.depth import DepthMaps, depth_to_image
 from ..memory.edits import merge, rigid_transform
-from ..memory.patch_memory import PatchMemory, insert_frames, render_path
-from .types import CATEGORY, CameraPathType, DepthType, PatchMemoryType, progress
+from ..memory.patch_memory import PatchMemory, insert_frames, iter_render, stack_renderings
+from .types import CATEGORY, CameraPathType, DepthType, PatchMemoryType, until_interrupted
 
 SUBCATEGORY = f"{CATEGORY}/memory"
 
@@ -41,8 +41,9 @@ class BuildPatchMemory(io.ComfyNode):
                 CameraPathType.Input("camera_path", tooltip="One camera per frame."),
                 io.Int.Input("patch_size", default=8, min=2, max=64, step=2,
                              tooltip="Patch edge in pixels (the backbone's token footprint)."),
-                io.Float.Input("voxel_size", default=0.1, min=0.005, max=10.0, step=0.005,
-                               tooltip="Dedupe voxel edge in metres: one patch is kept per voxel."),
+                io.Float.Input("voxel_size", default=0.05, min=0.005, max=10.0, step=0.005,
+                               tooltip="Finest dedupe voxel edge in metres: a revisited surface keeps one patch per "
+                               "voxel and viewing direction (far patches use coarser voxels)."),
                 io.Int.Input("first_frame", default=0, min=0, max=100000, tooltip="First frame to insert."),
                 io.Int.Input("last_frame", default=-1, min=-1, max=100000,
                              tooltip="Last frame to insert (inclusive); -1 = the last frame."),
@@ -102,8 +103,9 @@ class RenderPatchMemory(io.ComfyNode):
     @classmethod
     def execute(cls, memory: PatchMemory, camera_path: CameraPath, max_patches: int,
                 max_distance: float) -> io.NodeOutput:
-        rgb, mask, depth = render_path(memory, camera_path, max_patches=max_patches, max_distance=max_distance,
-                                       callback=progress(len(camera_path)))
+        frames = until_interrupted(iter_render(memory, camera_path, max_patches=max_patches, max_distance=max_distance),
+                                   len(camera_path), "rendering")
+        rgb, mask, depth = stack_renderings(frames)
         return io.NodeOutput(rgb, mask, depth_to_image(depth), DepthMaps(depth))
 
 

@@ -1,8 +1,10 @@
 """The pack's own ComfyUI socket types and small helpers shared by its nodes."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import comfy.model_management
 import comfy.utils
@@ -16,17 +18,27 @@ PatchMemoryType = io.Custom("COME_PATCH_MEMORY")
 DepthType = io.Custom("COME_DEPTH")
 
 CATEGORY = "CoME"
+T = TypeVar("T")
 
 
-def progress(total: int) -> Callable[[int], None]:
-    """A per-item callback that advances ComfyUI's progress bar and raises if the user pressed cancel."""
+def until_interrupted(items: Iterable[T], total: int, what: str) -> list[T]:
+    """Consume ``items`` with ComfyUI's progress bar; on cancel, stop and return what is finished.
+
+    Finished frames are results worth keeping (the save node downstream still writes them), so the
+    interrupt is consumed here; with nothing finished it propagates as usual.
+    """
     bar = comfy.utils.ProgressBar(total)
-
-    def step(_index: int) -> None:
+    done: list[T] = []
+    for item in items:
+        if comfy.model_management.processing_interrupted() and done:
+            comfy.model_management.interrupt_current_processing(False)
+            logging.warning("CoME: %s interrupted after %d of %d frames; returning the finished frames.",
+                            what, len(done), total)
+            break
         comfy.model_management.throw_exception_if_processing_interrupted()
+        done.append(item)
         bar.update(1)
-
-    return step
+    return done
 
 
 def output_file(filename_prefix: str, extension: str) -> tuple[Path, str]:

@@ -1,6 +1,7 @@
 """The pack's nodes inside a real ComfyUI (imported in-process from the harness install)."""
 from __future__ import annotations
 
+import importlib
 import json
 import struct
 
@@ -31,7 +32,7 @@ def memory(comfy, episode):
     """A memory built from the sample episode's context frames."""
     frames, _, path, depth, context = episode
     out = node(comfy, "CoMEBuildPatchMemory").execute(
-        frames=frames, metric_depth=depth, camera_path=path, patch_size=8, voxel_size=0.1,
+        frames=frames, metric_depth=depth, camera_path=path, patch_size=8, voxel_size=0.05,
         first_frame=0, last_frame=context - 1, frame_stride=1)
     return out.args[0]
 
@@ -186,5 +187,37 @@ def test_build_rejects_mismatched_inputs(comfy, episode):
     frames, _, path, depth, _ = episode
     with pytest.raises(ValueError, match="counts differ"):
         node(comfy, "CoMEBuildPatchMemory").execute(
-            frames=frames[:5], metric_depth=depth, camera_path=path, patch_size=8, voxel_size=0.1,
+            frames=frames[:5], metric_depth=depth, camera_path=path, patch_size=8, voxel_size=0.05,
             first_frame=0, last_frame=-1, frame_stride=1)
+
+
+def test_render_interrupted_keeps_the_finished_frames(comfy, episode, memory, monkeypatch):
+    mm = importlib.import_module("comfy.model_management")
+    comfy_utils = importlib.import_module("comfy.utils")
+    _, _, path, _, _ = episode
+    updates = []
+
+    class InterruptingBar(comfy_utils.ProgressBar):
+        """Presses cancel after the third finished frame."""
+
+        def update(self, value):
+            super().update(value)
+            updates.append(value)
+            if len(updates) == 3:
+                mm.interrupt_current_processing(True)
+
+    monkeypatch.setattr(comfy_utils, "ProgressBar", InterruptingBar)
+    out = node(comfy, "CoMERenderPatchMemory").execute(memory=memory, camera_path=path.slice(0, 8),
+                                                       max_patches=4096, max_distance=30.0).args
+    assert out[0].shape[0] == 3 and out[1].shape[0] == 3 and out[3].metres.shape[0] == 3
+    assert not mm.processing_interrupted()
+
+
+def test_render_interrupted_before_any_frame_stops(comfy, episode, memory):
+    mm = importlib.import_module("comfy.model_management")
+    _, _, path, _, _ = episode
+    mm.interrupt_current_processing(True)
+    with pytest.raises(mm.InterruptProcessingException):
+        node(comfy, "CoMERenderPatchMemory").execute(memory=memory, camera_path=path.slice(0, 4),
+                                                     max_patches=4096, max_distance=30.0)
+    assert not mm.processing_interrupted()
