@@ -94,7 +94,7 @@ async def run(workflows: list[Path]) -> int:
             files = [f"{i.get('subfolder', '')}/{i['filename']}".lstrip("/")
                      for out in executor.history_result["outputs"].values()
                      for items in out.values() if isinstance(items, list)
-                     for i in items if isinstance(i, dict) and "filename" in i]
+                     for i in items if isinstance(i, dict) and i.get("type") == "output"]
             print(f"[ OK ] {path.name}: wrote {', '.join(files) or 'nothing'}")
         else:
             error = next((d for ev, d in executor.status_messages if ev == "execution_error"), {})
