@@ -166,7 +166,9 @@ def run(episode_path: Path, quick: bool) -> dict:
                     "psnr_measured_on": "pixels covered by both memory and direct renderings (mean of per-frame PSNR); "
                                         "*_own_coverage_db per frame use each one's own coverage",
                     "note": "memory render prefers the source view most like the target (view-dependent shading); "
-                            "direct reprojection is the plain nearest-depth splat of all context pixels",
+                            "direct reprojection splats all context pixels with the same adaptive footprints but "
+                            "no view preference; dedupe_cost_db compares the memory with the same renderer on "
+                            "every context patch (no dedupe), i.e. what storing in the memory loses",
                     "per_frame": per_frame},
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version()},
