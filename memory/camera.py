@@ -104,3 +104,18 @@ def yaw_of(c2w: torch.Tensor) -> torch.Tensor:
 def pitch_of(c2w: torch.Tensor) -> torch.Tensor:
     """Elevation [T] in radians of each camera's optical axis above the ground plane."""
     return torch.asin(c2w[:, 2, 2].clamp(-1.0, 1.0))
+
+
+def plucker_rays(c2w: torch.Tensor, K: torch.Tensor, reference: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Plücker rays [T,6,H,W] (moment, direction) of every pixel centre, in the frame of the ``reference`` camera [4,4].
+
+    Expressing rays relative to a reference camera keeps absolute simulator coordinates out of the network.
+    """
+    relative = kornia.geometry.linalg.inverse_transformation(reference[None].float()) @ c2w.float()
+    v, u = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    pix = torch.stack([u, v], -1).reshape(1, -1, 2).expand(len(c2w), -1, -1)
+    cam = kornia.geometry.camera.unproject_points(pix, torch.ones(*pix.shape[:2], 1), K.float()[None], normalize=True)
+    direction = cam @ relative[:, :3, :3].transpose(1, 2)
+    origin = relative[:, None, :3, 3].expand_as(direction)
+    rays = torch.cat([torch.linalg.cross(origin, direction, dim=-1), direction], -1)
+    return rays.reshape(len(c2w), height, width, 6).permute(0, 3, 1, 2).contiguous()

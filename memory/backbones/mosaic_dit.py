@@ -1,0 +1,142 @@
+"""MosaicDiT: the embedded default world model, a small RGB-D video diffusion transformer conditioned on mosaics.
+
+Geometry first: the network is not asked to learn 3D motion. Each frame's tokens carry, pixel-aligned,
+the noisy RGB-D, the mosaic (known frames warped into this camera: RGB-D + coverage masks) and the
+camera's Plücker rays relative to a reference camera; the network fills what the mosaic does not cover,
+repairs warping artefacts and predicts depth. Frames have their own noise levels (context frames clean,
+or fully noised for the "null memory"), and extra clean mosaic tokens may be appended with fractional
+(warped) 3D RoPE positions, the interface real backbones take the same memory through.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from ..mosaic import MOSAIC_CHANNELS
+
+RGBD_CHANNELS = 4
+RAY_CHANNELS = 6
+
+
+def rope_angles(positions: torch.Tensor, dims: tuple[int, int, int], theta: float) -> torch.Tensor:
+    """Rotation angles [B,N,sum(dims)/2] for 3D positions [B,N,3] (frame, row, column; fractional allowed)."""
+    parts = []
+    for axis, dim in enumerate(dims):
+        inv_freq = theta ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim)
+        parts.append(positions[..., axis:axis + 1].float() * inv_freq)
+    return torch.cat(parts, -1)
+
+
+def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate feature pairs of x [B,heads,N,D] by angles [B,N,D/2]."""
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], -1).flatten(-2)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding [...,dim] of (possibly fractional) timesteps [...]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[..., None] * freqs
+    return torch.cat([args.cos(), args.sin()], -1)
+
+
+class Block(nn.Module):
+    """Transformer block with per-token adaLN-zero modulation (each frame has its own noise level)."""
+
+    def __init__(self, hidden: int, heads: int, rope_dims: tuple[int, int, int]):
+        super().__init__()
+        self.heads, self.rope_dims = heads, rope_dims
+        self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.fc1 = nn.Linear(hidden, 4 * hidden)
+        self.fc2 = nn.Linear(4 * hidden, hidden)
+        self.modulation = nn.Linear(hidden, 6 * hidden)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        """x, cond [B,N,hidden]; angles [B,N,head_dim/2]."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(cond)).chunk(6, -1)
+        h = self.norm1(x) * (1 + scale1) + shift1
+        b, n, c = h.shape
+        q, k, v = self.qkv(h).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, angles), apply_rope(k, angles)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+        x = x + gate1 * self.proj(attn)
+        h = self.norm2(x) * (1 + scale2) + shift2
+        return x + gate2 * self.fc2(F.gelu(self.fc1(h), approximate="tanh"))
+
+
+class MosaicDiT(ModelMixin, ConfigMixin):
+    """Predicts the clean RGB-D of every frame of a chunk from noisy frames, per-frame noise levels, mosaics and rays."""
+
+    @register_to_config
+    def __init__(self, patch_size: int = 8, hidden_size: int = 128, depth: int = 4, num_heads: int = 4,
+                 rope_dims: tuple[int, int, int] = (8, 12, 12), rope_theta: float = 100.0,
+                 num_train_timesteps: int = 1000):
+        super().__init__()
+        head_dim = hidden_size // num_heads
+        if sum(rope_dims) != head_dim or any(d % 2 for d in rope_dims):
+            raise ValueError(f"rope_dims {rope_dims} must be even and sum to the head size {head_dim}.")
+        p2 = patch_size * patch_size
+        self.embed = nn.Linear((RGBD_CHANNELS + MOSAIC_CHANNELS + RAY_CHANNELS) * p2, hidden_size)
+        self.token_embed = nn.Linear(RGBD_CHANNELS * p2, hidden_size)
+        self.time_mlp = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.blocks = nn.ModuleList(Block(hidden_size, num_heads, tuple(rope_dims)) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.out_modulation = nn.Linear(hidden_size, 2 * hidden_size)
+        self.out = nn.Linear(hidden_size, RGBD_CHANNELS * p2)
+        nn.init.zeros_(self.out_modulation.weight)
+        nn.init.zeros_(self.out_modulation.bias)
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B,F,C,H,W] -> tokens [B,F*h*w,C*p*p] (frame-major, then rows, then columns)."""
+        p = self.config.patch_size
+        b, f, c, h, w = x.shape
+        x = x.reshape(b, f, c, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4, 6)
+        return x.reshape(b, f * (h // p) * (w // p), c * p * p)
+
+    def unpatchify(self, tokens: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
+        """Tokens [B,F*h*w,C*p*p] -> [B,F,C,H,W]."""
+        p = self.config.patch_size
+        b = tokens.shape[0]
+        h, w = height // p, width // p
+        x = tokens.reshape(b, frames, h, w, -1, p, p).permute(0, 1, 4, 2, 5, 3, 6)
+        return x.reshape(b, frames, -1, height, width)
+
+    def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, mosaic: torch.Tensor, rays: torch.Tensor,
+                mosaic_tokens: torch.Tensor | None = None, mosaic_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Clean RGB-D [B,F,4,H,W] predicted from ``sample`` [B,F,4,H,W], ``timesteps`` [B,F], ``mosaic`` [B,F,6,H,W],
+        ``rays`` [B,F,6,H,W]; optional clean ``mosaic_tokens`` [B,M,4*p*p] at ``mosaic_positions`` [B,M,3]
+        (frame, token row, token column; fractional allowed)."""
+        b, f, _, height, width = sample.shape
+        p = self.config.patch_size
+        if height % p or width % p:
+            raise ValueError(f"sample: height and width must be multiples of the patch size {p}, got {height}x{width}.")
+        h, w = height // p, width // p
+        x = self.embed(self.patchify(torch.cat([sample, mosaic, rays], 2)))
+        grid = torch.stack(torch.meshgrid(torch.arange(f), torch.arange(h), torch.arange(w), indexing="ij"), -1)
+        positions = grid.reshape(1, -1, 3).float().expand(b, -1, -1).to(x.device)
+        t = timesteps.float().repeat_interleave(h * w, dim=1)
+        if mosaic_tokens is not None:
+            if mosaic_positions is None or mosaic_positions.shape[:2] != mosaic_tokens.shape[:2]:
+                raise ValueError("mosaic_positions: give one (frame, row, column) position per mosaic token.")
+            x = torch.cat([x, self.token_embed(mosaic_tokens)], 1)
+            positions = torch.cat([positions, mosaic_positions.float()], 1)
+            t = torch.cat([t, torch.zeros(mosaic_tokens.shape[:2], device=t.device)], 1)
+        cond = self.time_mlp(timestep_embedding(t, self.config.hidden_size))
+        angles = rope_angles(positions, tuple(self.config.rope_dims), self.config.rope_theta)
+        for block in self.blocks:
+            x = block(x, cond, angles)
+        shift, scale = self.out_modulation(F.silu(cond)).chunk(2, -1)
+        x = self.out(self.norm_out(x) * (1 + scale) + shift)[:, : f * h * w]
+        return self.unpatchify(x, f, height, width)

@@ -1,0 +1,1 @@
+"""Training of the embedded default world model on simulator episodes."""

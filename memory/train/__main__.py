@@ -1,0 +1,25 @@
+"""`python -m memory.train --data DIR --out DIR`: train (or resume) the embedded world model."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .loop import TrainConfig, train
+
+
+def main() -> None:
+    """Parse the command line and train."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, required=True, help="folder of come-episode/1 files (searched recursively)")
+    parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoint/, loss.jsonl (resumes if present)")
+    for name, default in [("steps", 20000), ("minutes", 360.0), ("batch-size", 8), ("lr", 3e-4), ("seed", 0),
+                          ("save-every", 100), ("threads", 1), ("workers", 1)]:
+        parser.add_argument(f"--{name}", type=type(default), default=default)
+    args = parser.parse_args()
+    train(TrainConfig(data=args.data, out=args.out, steps=args.steps, minutes=args.minutes,
+                      batch_size=args.batch_size, lr=args.lr, seed=args.seed, save_every=args.save_every,
+                      threads=args.threads, workers=args.workers))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The training loop of MosaicDiT: x0-prediction with per-frame noise levels, resumable safetensors checkpoints."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from ..backbones.mosaic_dit import MosaicDiT
+from .windows import CONTEXT_FRAMES, WindowStream, load_episodes
+
+NULL_CONTEXT = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What a training run needs; everything else is in the model's config."""
+
+    data: Path
+    out: Path
+    steps: int = 20000
+    minutes: float = 360.0
+    batch_size: int = 8
+    lr: float = 3e-4
+    warmup: int = 200
+    seed: int = 0
+    save_every: int = 100
+    threads: int = 1
+    workers: int = 1
+
+
+def scheduler_for(model: MosaicDiT) -> DDPMScheduler:
+    """The noise schedule the model is trained with (and sampled with through DDIM)."""
+    return DDPMScheduler(num_train_timesteps=model.config.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+                         prediction_type="sample", clip_sample=False)
+
+
+def training_loss(model: MosaicDiT, scheduler: DDPMScheduler, clean: torch.Tensor, mosaic: torch.Tensor,
+                  rays: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """MSE of the predicted clean targets; context frames are clean, or pure noise ("null memory") at rate NULL_CONTEXT."""
+    b, f = clean.shape[:2]
+    top = scheduler.config.num_train_timesteps - 1
+    t_target = torch.randint(0, top + 1, (b, 1), generator=generator).expand(b, f - CONTEXT_FRAMES)
+    null = torch.rand(b, 1, generator=generator) < NULL_CONTEXT
+    t_context = torch.where(null, top, 0).expand(b, CONTEXT_FRAMES)
+    timesteps = torch.cat([t_context, t_target], 1)
+    noise = torch.randn(clean.shape, generator=generator)
+    noisy = scheduler.add_noise(clean.flatten(0, 1), noise.flatten(0, 1), timesteps.flatten()).view_as(clean)
+    noisy = torch.where((timesteps == 0)[:, :, None, None, None], clean, noisy)
+    pred = model(noisy, timesteps, mosaic, rays)
+    return torch.nn.functional.mse_loss(pred[:, CONTEXT_FRAMES:], clean[:, CONTEXT_FRAMES:])
+
+
+def save_checkpoint(model: MosaicDiT, optimizer: torch.optim.Optimizer, step: int, folder: Path) -> None:
+    """Model (diffusers folder) and optimizer state as safetensors, swapped in atomically."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tensors, meta = {}, {"step": step, "param_groups": optimizer.state_dict()["param_groups"]}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"{index}.{key}"] = value if value.ndim else value.reshape(1)
+    save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"state": json.dumps(meta)})
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path, optimizer: torch.optim.Optimizer) -> int:
+    """Restore optimizer state saved by :func:`save_checkpoint`; returns the step it was saved at."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "optimizer.safetensors"), framework="pt") as f:
+        meta = json.loads(f.metadata()["state"])
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value.reshape(()) if key == "step" else value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return int(meta["step"])
+
+
+def train(config: TrainConfig) -> Path:
+    """Train (or resume) until ``steps`` or ``minutes``; returns the checkpoint folder (a diffusers model folder)."""
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    config.out.mkdir(parents=True, exist_ok=True)
+    checkpoint = config.out / "checkpoint"
+    model = MosaicDiT.from_pretrained(checkpoint) if checkpoint.exists() else MosaicDiT()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
+    step = load_checkpoint(checkpoint, optimizer) if checkpoint.exists() else 0
+    scheduler = scheduler_for(model)
+    stream = WindowStream(load_episodes(config.data), seed=config.seed * 100003 + step)
+    loader = torch.utils.data.DataLoader(stream, batch_size=config.batch_size, num_workers=config.workers)
+    generator = torch.Generator().manual_seed(config.seed * 7919 + step)
+    log = (config.out / "loss.jsonl").open("a")
+    deadline = time.monotonic() + config.minutes * 60
+    bar = tqdm(total=config.steps, initial=step, desc="train", unit="step")
+    model.train()
+    for clean, mosaic, rays in loader:
+        if step >= config.steps or time.monotonic() > deadline:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup)
+        loss = training_loss(model, scheduler, clean, mosaic, rays, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        log.write(json.dumps({"step": step, "loss": loss.item(), "time": time.time()}) + "\n")
+        if step % config.save_every == 0:
+            log.flush()
+            save_checkpoint(model, optimizer, step, checkpoint)
+    save_checkpoint(model, optimizer, step, checkpoint)
+    log.close()
+    bar.close()
+    return checkpoint

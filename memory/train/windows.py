@@ -1,0 +1,84 @@
+"""Training windows: context + target frames of an episode, their mosaics and rays, as network inputs."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..camera import plucker_rays
+from ..episode import Episode, read_episode
+from ..mosaic import Mosaic, warp_frames
+from ..rgbd import encode_rgbd
+
+CONTEXT_FRAMES = 2
+TARGET_FRAMES = 4
+MOSAIC_DROPOUT = 0.15
+DEPTH_UNKNOWN = 0.1
+FAR_SOURCES = 0.3
+REVISIT_RADIUS_M = 3.0
+
+
+@dataclass(frozen=True)
+class Window:
+    """One training example: clean RGB-D [F,4,H,W] (context first), mosaics [F,6,H,W], rays [F,6,H,W]."""
+
+    clean: torch.Tensor
+    mosaic: torch.Tensor
+    rays: torch.Tensor
+
+
+def load_episodes(folder: str | Path) -> list[Episode]:
+    """Every episode file under ``folder`` (recursively)."""
+    files = sorted(Path(folder).rglob("*.safetensors"))
+    if not files:
+        raise ValueError(f"data: no episode files under {folder}; generate some with `python -m memory.sim.generate`.")
+    return [read_episode(f) for f in files]
+
+
+def mosaic_sources(episode: Episode, start: int, rng: random.Random) -> list[int]:
+    """Frames whose warp conditions a window starting at ``start``: recent context, sometimes far-away revisits."""
+    context = list(range(start, start + CONTEXT_FRAMES))
+    roll = rng.random()
+    if roll < MOSAIC_DROPOUT:
+        return []
+    sources = context if rng.random() < 0.7 else rng.sample(context, 1)
+    if roll > 1 - FAR_SOURCES:
+        target = episode.c2w[start + CONTEXT_FRAMES, :3, 3]
+        near = (episode.c2w[:, :3, 3] - target).norm(dim=-1) < REVISIT_RADIUS_M
+        far = [int(i) for i in near.nonzero().flatten() if abs(int(i) - start) > CONTEXT_FRAMES + TARGET_FRAMES]
+        sources = sources + rng.sample(far, min(len(far), rng.randint(1, 3)))
+    return sources
+
+
+def make_window(episode: Episode, start: int, sources: list[int], depth_known: bool = True) -> Window:
+    """The network inputs of frames ``start .. start+CONTEXT+TARGET`` with mosaics warped from ``sources``."""
+    frames = slice(start, start + CONTEXT_FRAMES + TARGET_FRAMES)
+    rgb = episode.rgb[frames].float() / 255
+    depth = episode.depth[frames]
+    c2w = episode.c2w[frames]
+    src = torch.tensor(sources, dtype=torch.long)
+    warped = warp_frames(episode.rgb[src].float() / 255, episode.depth[src], episode.c2w[src], episode.K,
+                         c2w[CONTEXT_FRAMES:])
+    empty = Mosaic.empty(CONTEXT_FRAMES, episode.height, episode.width)
+    mosaic = torch.cat([empty.channels(), warped.channels(depth_known)])
+    rays = plucker_rays(c2w, episode.K, c2w[CONTEXT_FRAMES - 1], episode.height, episode.width)
+    return Window(encode_rgbd(rgb, depth), mosaic, rays)
+
+
+class WindowStream(torch.utils.data.IterableDataset):
+    """An endless, seeded stream of random windows from a list of episodes."""
+
+    def __init__(self, episodes: list[Episode], seed: int):
+        super().__init__()
+        self.episodes, self.seed = episodes, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(self.seed * 1000 + (info.id if info else 0))
+        while True:
+            episode = rng.choice(self.episodes)
+            start = rng.randrange(0, len(episode) - CONTEXT_FRAMES - TARGET_FRAMES + 1)
+            window = make_window(episode, start, mosaic_sources(episode, start, rng), rng.random() > DEPTH_UNKNOWN)
+            yield window.clean, window.mosaic, window.rays
