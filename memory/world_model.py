@@ -9,11 +9,10 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler
 
-from .backbones.mosaic_dit import MosaicDiT
+from .backbones.mosaic_dit import MosaicDiT, scheduler_for
 from .camera import CameraPath, plucker_rays
 from .mosaic import Mosaic, warp_frames
 from .rgbd import decode_rgbd, encode_rgbd
-from .train.loop import scheduler_for
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "mosaic_dit"
 CONTEXT_FRAMES = 2

@@ -13,6 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
@@ -140,3 +141,9 @@ class MosaicDiT(ModelMixin, ConfigMixin):
         shift, scale = self.out_modulation(F.silu(cond)).chunk(2, -1)
         x = self.out(self.norm_out(x) * (1 + scale) + shift)[:, : f * h * w]
         return self.unpatchify(x, f, height, width)
+
+
+def scheduler_for(model: MosaicDiT) -> DDPMScheduler:
+    """The noise schedule the model is trained with (sampling uses DDIM from the same config)."""
+    return DDPMScheduler(num_train_timesteps=model.config.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+                         prediction_type="sample", clip_sample=False)

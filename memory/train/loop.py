@@ -13,7 +13,7 @@ from diffusers import DDPMScheduler
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from ..backbones.mosaic_dit import MosaicDiT
+from ..backbones.mosaic_dit import MosaicDiT, scheduler_for
 from .windows import CONTEXT_FRAMES, WindowStream, load_episodes
 
 NULL_CONTEXT = 0.1
@@ -34,12 +34,6 @@ class TrainConfig:
     save_every: int = 100
     threads: int = 1
     workers: int = 1
-
-
-def scheduler_for(model: MosaicDiT) -> DDPMScheduler:
-    """The noise schedule the model is trained with (and sampled with through DDIM)."""
-    return DDPMScheduler(num_train_timesteps=model.config.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
-                         prediction_type="sample", clip_sample=False)
 
 
 def training_loss(model: MosaicDiT, scheduler: DDPMScheduler, clean: torch.Tensor, mosaic: torch.Tensor,
