@@ -1,0 +1,156 @@
+"""The embedded world model's pieces: RGB-D encoding, rays, mosaics, the backbone, training and sampling."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from memory.backbones.mosaic_dit import MosaicDiT, apply_rope, rope_angles
+from memory.camera import plucker_rays
+from memory.episode import SAMPLE_EPISODE, read_episode
+from memory.mosaic import Mosaic, warp_frames
+from memory.rgbd import FAR_M, decode_rgbd, encode_rgbd
+from memory.train.loop import TrainConfig, train
+from memory.world_model import load_world_model, navigate
+
+
+@pytest.fixture(scope="module")
+def episode():
+    """The committed sample episode."""
+    return read_episode(SAMPLE_EPISODE)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """An untrained MosaicDiT saved as a diffusers folder."""
+    folder = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    MosaicDiT(hidden_size=32, depth=1, num_heads=1, rope_dims=(8, 12, 12)).save_pretrained(folder)
+    return folder
+
+
+def test_rgbd_round_trip_keeps_colour_depth_and_sky():
+    rgb = torch.rand(2, 8, 8, 3)
+    depth = torch.rand(2, 8, 8) * 10 + 0.2
+    depth[0, 0, 0] = 0.0
+    x = encode_rgbd(rgb, depth)
+    assert x.shape == (2, 4, 8, 8) and float(x.abs().max()) <= 1.0
+    back_rgb, back_depth = decode_rgbd(x)
+    assert torch.allclose(back_rgb, rgb, atol=1e-5)
+    assert float(back_depth[0, 0, 0]) == 0.0
+    assert torch.allclose(back_depth[depth > 0], depth[depth > 0], rtol=1e-4)
+    assert float(decode_rgbd(torch.ones(1, 4, 1, 1))[1].max()) == 0.0 and FAR_M > 10
+
+
+def test_plucker_rays_of_the_reference_camera_start_at_its_origin(episode):
+    rays = plucker_rays(episode.c2w[3:5], episode.K, episode.c2w[3], 64, 64)
+    assert rays.shape == (2, 6, 64, 64)
+    assert float(rays[0, :3].abs().max()) < 1e-5  # zero moment: rays through the origin
+    centre = rays[0, 3:, 31:33, 31:33].mean((1, 2))
+    assert torch.allclose(centre, torch.tensor([0.0, 0.0, 1.0]), atol=1e-2)
+    assert torch.allclose(rays[:, 3:].norm(dim=1), torch.ones(2, 64, 64), atol=1e-5)
+
+
+def test_rays_do_not_depend_on_world_coordinates(episode):
+    shift = torch.eye(4)
+    shift[:3, 3] = torch.tensor([5.0, -3.0, 1.0])
+    a = plucker_rays(episode.c2w[:4], episode.K, episode.c2w[1], 16, 16)
+    b = plucker_rays(shift @ episode.c2w[:4], episode.K, shift @ episode.c2w[1], 16, 16)
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_warp_frames_reproduces_a_source_frame_in_its_own_camera(episode):
+    rgb = episode.rgb[:2].float() / 255
+    mosaic = warp_frames(rgb, episode.depth[:2], episode.c2w[:2], episode.K, episode.c2w[1:2])
+    covered = mosaic.mask[0] > 0
+    assert float(covered.float().mean()) > 0.6
+    assert float((mosaic.rgb[0][covered] - rgb[1][covered]).abs().mean()) < 0.03
+
+
+def test_mosaic_channels_zero_out_unknown_depth():
+    m = Mosaic(torch.rand(1, 8, 8, 3), torch.full((1, 8, 8), 2.0), torch.ones(1, 8, 8))
+    known, unknown = m.channels(True), m.channels(False)
+    assert known.shape == (1, 6, 8, 8)
+    assert float(unknown[:, 3].abs().max()) == 0.0 and float(unknown[:, 5].max()) == 0.0
+    assert torch.equal(known[:, :3], unknown[:, :3])
+    assert float(Mosaic.empty(2, 8, 8).channels().abs().max()) == 0.0
+
+
+def test_rope_rotation_preserves_norms_and_relative_positions():
+    x = torch.randn(1, 2, 3, 32)
+    pos = torch.tensor([[[0.0, 1.0, 2.0], [1.0, 0.5, 3.25], [2.0, 2.0, 0.0]]])
+    rotated = apply_rope(x, rope_angles(pos, (8, 12, 12), 100.0))
+    assert torch.allclose(rotated.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+    q, k = torch.randn(1, 1, 1, 32), torch.randn(1, 1, 1, 32)
+    def score(p, r):
+        a = apply_rope(q, rope_angles(torch.tensor([[p]]), (8, 12, 12), 100.0))
+        b = apply_rope(k, rope_angles(torch.tensor([[r]]), (8, 12, 12), 100.0))
+        return float((a * b).sum())
+    assert score([1.0, 2.0, 3.0], [0.0, 1.5, 1.0]) == pytest.approx(score([3.0, 4.0, 5.0], [2.0, 3.5, 3.0]), rel=1e-4)
+
+
+def test_backbone_shapes_extra_tokens_and_folder_round_trip(tmp_path):
+    model = MosaicDiT(hidden_size=32, depth=1, num_heads=1, rope_dims=(8, 12, 12))
+    x = torch.randn(1, 3, 4, 16, 16)
+    args = (x, torch.tensor([[0, 500, 500]]), torch.randn(1, 3, 6, 16, 16), torch.randn(1, 3, 6, 16, 16))
+    out = model(*args)
+    assert out.shape == x.shape
+    with_tokens = model(*args, mosaic_tokens=torch.randn(1, 5, 256), mosaic_positions=torch.rand(1, 5, 3) * 2)
+    assert with_tokens.shape == x.shape
+    with pytest.raises(ValueError, match="mosaic_positions"):
+        model(*args, mosaic_tokens=torch.randn(1, 5, 256))
+    model.save_pretrained(tmp_path)
+    loaded = MosaicDiT.from_pretrained(tmp_path)
+    assert torch.allclose(loaded(*args), out, atol=1e-6)
+    with pytest.raises(ValueError, match="rope_dims"):
+        MosaicDiT(hidden_size=32, num_heads=1, rope_dims=(8, 8, 8))
+
+
+def test_training_runs_a_few_steps_saves_and_resumes(tmp_path, episode):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ep.safetensors").symlink_to(SAMPLE_EPISODE)
+    config = TrainConfig(data=data, out=tmp_path / "run", steps=2, batch_size=1, save_every=1, workers=0, seed=3)
+    checkpoint = train(config)
+    assert (checkpoint / "config.json").is_file() and (checkpoint / "optimizer.safetensors").is_file()
+    train(TrainConfig(**{**config.__dict__, "steps": 3}))
+    log = [json.loads(line) for line in (tmp_path / "run" / "loss.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2, 3]
+    assert all(entry["loss"] == entry["loss"] and entry["loss"] > 0 for entry in log)
+
+
+def test_load_world_model_rejects_bad_folders(tmp_path, tiny_model_dir):
+    with pytest.raises(ValueError, match="no config.json"):
+        load_world_model(tmp_path)
+    (tmp_path / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    with pytest.raises(ValueError, match="UNet2DModel"):
+        load_world_model(tmp_path)
+    (tmp_path / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    (tmp_path / "diffusion_pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match="safetensors"):
+        load_world_model(tmp_path)
+    other = MosaicDiT(hidden_size=64, depth=1, num_heads=2, rope_dims=(8, 12, 12))
+    other.save_pretrained(tmp_path / "other")
+    (tmp_path / "other" / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    with pytest.raises(ValueError, match="do not match"):
+        load_world_model(tmp_path / "other")
+
+
+def test_navigate_yields_initial_then_generated_chunks(tiny_model_dir, episode):
+    model = load_world_model(tiny_model_dir)
+    path = episode.cameras.slice(0, 11)
+    chunks = list(navigate(model, episode.rgb[:3].float() / 255, episode.depth[:3], path, chunk=4, steps=2))
+    assert [len(c.rgb) for c in chunks] == [3, 4, 4]
+    assert all(c.rgb.shape[1:] == (64, 64, 3) and c.depth.shape[1:] == (64, 64) for c in chunks)
+    assert torch.equal(chunks[0].depth, episode.depth[:3].float())
+    no_depth = list(navigate(model, episode.rgb[:1].float() / 255, None, path.slice(0, 3), chunk=4, steps=2))
+    assert [len(c.rgb) for c in no_depth] == [1, 2] and float(no_depth[0].depth.max()) >= 0
+
+
+def test_navigate_rejects_a_path_no_longer_than_the_initial_frames(tiny_model_dir, episode):
+    model = load_world_model(tiny_model_dir)
+    with pytest.raises(ValueError, match="camera_path"):
+        next(navigate(model, episode.rgb[:4].float() / 255, episode.depth[:4], episode.cameras.slice(0, 4)))
+    with pytest.raises(ValueError, match="initial_frames"):
+        next(navigate(model, torch.zeros(1, 32, 32, 3), None, episode.cameras.slice(0, 4)))
