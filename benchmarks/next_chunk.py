@@ -1,0 +1,259 @@
+"""Next-chunk quality of a world model on held-out episodes, next to repeat-last-frame and warp-only baselines.
+
+    python benchmarks/next_chunk.py --episodes DIR --json OUT [--model FOLDER] [--windows N] [--steps S] [--seed K] [--threads N] [--quick]
+
+For evenly spaced windows of the episodes under DIR (recursively): 4 ground-truth RGB-D context frames,
+the model predicts the next 8 along the ground-truth cameras (``navigate`` with the 4 frames and their
+depth as initial frames). Baselines on the same windows: the last context frame repeated, and the last
+context frame warped with its depth into each target camera (holes filled by the repeated frame).
+Writes OUT (top-level keys ``model_psnr``, ``repeat_last_psnr``, ``warp_only_psnr``, ``model_ssim``,
+``depth_absrel``, a per-simulator breakdown and revisit-frame metrics) and a plot next to it (.png).
+Targets (issue 4): model_psnr >= repeat_last_psnr + 3 dB, model_psnr >= warp_only_psnr + 0.5 dB,
+depth_absrel <= 0.15.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from memory import world_model  # noqa: E402
+from memory.camera import CameraPath  # noqa: E402
+from memory.episode import Episode, read_episode, revisit_frames  # noqa: E402
+from memory.metrics import depth_absrel, frame_grid, machine_info, psnr, ssim  # noqa: E402
+from memory.mosaic import warp_frames  # noqa: E402
+
+CONTEXT = 4
+PREDICT = 8
+DEFAULT_WINDOWS = 40
+QUICK_WINDOWS = 2
+QUICK_STEPS = 2
+METHODS = ("model", "repeat_last", "warp_only")
+TARGETS = {"model_minus_repeat_last_psnr_min_db": 3.0, "model_minus_warp_only_psnr_min_db": 0.5,
+           "depth_absrel_max": 0.15}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One method's predicted targets of a window: rgb [8,H,W,3] 0..1, depth [8,H,W] metres."""
+
+    rgb: torch.Tensor
+    depth: torch.Tensor
+
+
+def navigate_default(name: str) -> int:
+    """A keyword default of ``world_model.navigate`` (the settings a user gets without choosing)."""
+    return inspect.signature(world_model.navigate).parameters[name].default
+
+
+def resolve_model(folder: Path | None) -> Path:
+    """The model folder to benchmark: ``folder`` or the embedded default, with a clear error if neither exists."""
+    if folder is not None:
+        return folder
+    default = getattr(world_model, "DEFAULT_MODEL", None)
+    if default is None or not Path(default).is_dir():
+        raise ValueError(f"--model: no embedded default model found (looked for {default}); "
+                         "pass --model FOLDER (a diffusers folder written by save_pretrained).")
+    return Path(default)
+
+
+def simulator_of(episode: Episode) -> str:
+    """The episode's source without package versions: one key per simulator environment (e.g. per maze size)."""
+    return re.sub(r"==\S+", "", episode.source)
+
+
+def window_starts(lengths: list[int], windows: int) -> list[tuple[int, int]]:
+    """(episode index, start frame) of ``windows`` windows, dealt round-robin over episodes, evenly spaced in each."""
+    usable = [i for i, n in enumerate(lengths) if n >= CONTEXT + PREDICT]
+    if not usable:
+        raise ValueError(f"--episodes: no episode has the {CONTEXT + PREDICT} frames a window needs.")
+    counts = {i: windows // len(usable) + (k < windows % len(usable)) for k, i in enumerate(usable)}
+    starts = []
+    for i, count in counts.items():
+        last = lengths[i] - CONTEXT - PREDICT
+        # Centre the starts in equal segments so a single window does not always sit at frame 0.
+        starts += [(i, int((last + 1) * (j + 0.5) / count)) for j in range(count)]
+    return starts
+
+
+def predict_model(model: world_model.WorldModel, episode: Episode, start: int, steps: int, seed: int) -> Prediction:
+    """The model's 8 target frames given the 4 ground-truth RGB-D context frames of the window at ``start``."""
+    frames = slice(start, start + CONTEXT)
+    path = CameraPath(episode.c2w[start:start + CONTEXT + PREDICT], episode.K, episode.height, episode.width)
+    chunks = list(world_model.navigate(model, episode.rgb[frames].float() / 255, episode.depth[frames], path,
+                                       steps=steps, seed=seed))[1:]
+    return Prediction(torch.cat([c.rgb for c in chunks]), torch.cat([c.depth for c in chunks]))
+
+
+def predict_baselines(episode: Episode, start: int) -> dict[str, Prediction]:
+    """Repeat-last-frame and warp-only (last context frame warped into each target, holes from repetition)."""
+    last = start + CONTEXT - 1
+    targets = episode.c2w[last + 1:last + 1 + PREDICT]
+    rgb = (episode.rgb[last].float() / 255).expand(PREDICT, -1, -1, -1)
+    depth = episode.depth[last].expand(PREDICT, -1, -1)
+    mosaic = warp_frames(rgb[:1], depth[:1], episode.c2w[last:last + 1], episode.K, targets)
+    covered = mosaic.mask > 0
+    return {"repeat_last": Prediction(rgb, depth),
+            "warp_only": Prediction(torch.where(covered[..., None], mosaic.rgb, rgb), torch.where(covered, mosaic.depth, depth))}
+
+
+def frame_metrics(predictions: dict[str, Prediction], rgb: torch.Tensor, depth: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-target-frame PSNR, SSIM and depth AbsRel of every method vs ground truth rgb [8,H,W,3], depth [8,H,W]."""
+    out = {}
+    for name, pred in predictions.items():
+        out[f"{name}_psnr"] = psnr(pred.rgb, rgb)
+        out[f"{name}_ssim"] = ssim(pred.rgb, rgb)
+        out[f"{name}_depth_absrel"] = depth_absrel(pred.depth, depth)
+    return out
+
+
+def summarise(rows: dict[str, torch.Tensor], keep: torch.Tensor) -> dict | None:
+    """Means over the selected target frames (``keep`` [F] bool) of every per-frame metric; None if none selected."""
+    if not bool(keep.any()):
+        return None
+    summary = {key: float(values[keep].nanmean()) for key, values in rows.items()}
+    summary["depth_absrel"] = summary.pop("model_depth_absrel")
+    summary["frames"] = int(keep.sum())
+    return summary
+
+
+def run(folder: Path, model_folder: Path, windows: int, steps: int, seed: int) -> tuple[dict, dict]:
+    """All measurements as a JSON-ready dict, and the frames of one window for the plot."""
+    started = time.perf_counter()
+    files = sorted(folder.rglob("*.safetensors"))
+    if not files:
+        raise ValueError(f"--episodes: no .safetensors episode files under {folder}; "
+                         "generate held-out episodes with `python -m memory.sim.generate`.")
+    episodes = [read_episode(f) for f in files]
+    model = world_model.load_world_model(model_folder)
+    starts = window_starts([len(e) for e in episodes], windows)
+    rows: dict[str, list[torch.Tensor]] = {}
+    sims, revisit, offset, window_seconds = [], [], [], []
+    shown = {}
+    for w, (i, start) in enumerate(starts):
+        episode = episodes[i]
+        tick = time.perf_counter()
+        predictions = {"model": predict_model(model, episode, start, steps, seed + w), **predict_baselines(episode, start)}
+        window_seconds.append(time.perf_counter() - tick)
+        truth = slice(start + CONTEXT, start + CONTEXT + PREDICT)
+        for key, values in frame_metrics(predictions, episode.rgb[truth].float() / 255, episode.depth[truth]).items():
+            rows.setdefault(key, []).append(values)
+        revisits = set(revisit_frames(episode))
+        revisit += [t in revisits for t in range(truth.start, truth.stop)]
+        sims += [simulator_of(episode)] * PREDICT
+        offset += list(range(1, PREDICT + 1))
+        if w == len(starts) // 2:
+            shown = {"context": episode.rgb[start:start + CONTEXT].float() / 255, "truth": episode.rgb[truth].float() / 255,
+                     **{name: p.rgb for name, p in predictions.items()}, "file": str(files[i]), "start": start}
+    per_frame = {key: torch.cat(values) for key, values in rows.items()}
+    everything = torch.ones(len(sims), dtype=torch.bool)
+    result = summarise(per_frame, everything)
+    offsets = torch.tensor(offset)
+    result.update({
+        "targets": TARGETS,
+        "by_simulator": {sim: summarise(per_frame, torch.tensor([s == sim for s in sims])) for sim in sorted(set(sims))},
+        "revisit": summarise(per_frame, torch.tensor(revisit)),
+        "revisit_definition": "target frames t >= the episode's context_frames whose camera is within 1.0 m and 30 deg "
+                              "of yaw of a frame before context_frames (memory.episode.revisit_frames); the model "
+                              "itself only sees the window's 4 context frames",
+        "model_psnr_by_frames_ahead": [float(per_frame["model_psnr"][offsets == k].mean()) for k in range(1, PREDICT + 1)],
+        "warp_only_psnr_by_frames_ahead": [float(per_frame["warp_only_psnr"][offsets == k].mean())
+                                           for k in range(1, PREDICT + 1)],
+        "windows": len(starts),
+        "context_frames": CONTEXT,
+        "predicted_frames": PREDICT,
+        "steps": steps,
+        "chunk": navigate_default("chunk"),
+        "seed": seed,
+        "model": str(model_folder),
+        "episodes": [str(f) for f in files],
+        "window_starts": [[str(files[i].relative_to(folder)), s] for i, s in starts],
+        "metrics_note": "means over all predicted frames of per-frame PSNR (dB, MSE capped at 1e-10), SSIM "
+                        "(kornia, 11x11 window) and depth AbsRel (mean |pred - gt| / gt over pixels with gt > 0)",
+        "seconds_per_window_mean": sum(window_seconds) / len(window_seconds),
+        "machine": machine_info(),
+        "wall_seconds": time.perf_counter() - started,
+    })
+    return result, shown
+
+
+def plot(result: dict, shown: dict, path: Path) -> None:
+    """PNG: bars of the three mean PSNRs, and one window's frames (context | truth, model, warp-only, repeat-last)."""
+    from PIL import Image, ImageDraw
+
+    colours = {"model": (210, 60, 50), "repeat_last": (150, 150, 150), "warp_only": (70, 130, 200)}
+    values = {m: result[f"{m}_psnr"] for m in METHODS}
+    strip_rows = ["truth", "model", "warp_only", "repeat_last"]
+    h, w = shown["truth"].shape[1:3]
+    scale = 2
+    sheet = frame_grid(torch.cat([torch.cat([shown["context"], shown[r]]) for r in strip_rows]), CONTEXT + PREDICT)
+    sheet = Image.fromarray(sheet.numpy()).resize((sheet.shape[1] * scale, sheet.shape[0] * scale), Image.NEAREST)
+    label_w, bars_h, pad = 90, 260, 30
+    image = Image.new("RGB", (label_w + sheet.width + pad, bars_h + sheet.height + 3 * pad), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((pad, 8), f"mean PSNR (dB) over {result['windows']} windows x {PREDICT} frames; model SSIM "
+                        f"{result['model_ssim']:.3f}, depth AbsRel {result['depth_absrel']:.3f}; steps {result['steps']}",
+              fill="black")
+    finite = [v for v in values.values() if math.isfinite(v)]
+    top = max(finite) * 1.15 if finite else 1.0
+    for k, method in enumerate(METHODS):
+        x = pad + 40 + k * 140
+        height = values[method] / top * (bars_h - 2 * pad) if math.isfinite(values[method]) else 0
+        draw.rectangle([x, bars_h - height, x + 90, bars_h], fill=colours[method])
+        draw.text((x, bars_h - height - 14), f"{values[method]:.2f}", fill="black")
+        draw.text((x, bars_h + 4), method, fill="black")
+    y0 = bars_h + 2 * pad
+    draw.text((pad, y0 - 16), f"{Path(shown['file']).name} frames {shown['start']}..{shown['start'] + CONTEXT + PREDICT - 1}: "
+                              f"{CONTEXT} context | {PREDICT} predicted", fill="black")
+    image.paste(sheet, (label_w, y0))
+    for r, name in enumerate(strip_rows):
+        draw.text((6, y0 + r * (h + 2) * scale + h * scale // 2 - 6), name, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--episodes", required=True, type=Path, help="folder of come-episode/1 files (searched recursively)")
+    parser.add_argument("--json", required=True, type=Path, help="output JSON file (a .png plot is written next to it)")
+    parser.add_argument("--model", type=Path, default=None, help="world model folder (default: the embedded model)")
+    parser.add_argument("--windows", type=int, default=None, help=f"number of windows (default {DEFAULT_WINDOWS})")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: navigate's)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed of the first window (window w uses seed + w)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's; 1 is faster while another job loads the CPU)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke test: {QUICK_WINDOWS} windows and {QUICK_STEPS} steps unless given")
+    args = parser.parse_args()
+    windows = args.windows or (QUICK_WINDOWS if args.quick else DEFAULT_WINDOWS)
+    steps = args.steps or (QUICK_STEPS if args.quick else navigate_default("steps"))
+    if windows < 1 or steps < 1:
+        parser.error("--windows and --steps must be at least 1")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if not args.episodes.is_dir():
+        parser.error(f"--episodes: {args.episodes} is not a folder")
+    try:
+        result, shown = run(args.episodes, resolve_model(args.model), windows, steps, args.seed)
+    except ValueError as err:
+        parser.error(str(err))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    plot(result, shown, args.json.with_suffix(".png"))
+    print(json.dumps({k: result[k] for k in ("model_psnr", "repeat_last_psnr", "warp_only_psnr", "model_ssim",
+                                             "depth_absrel", "windows", "wall_seconds")}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Per-frame image and depth metrics for the benchmarks, a frame grid for their plots, and the machine they ran on."""
+from __future__ import annotations
+
+import os
+import platform
+
+import kornia
+import torch
+
+# Identical frames have infinite PSNR; capping the MSE keeps means over frames finite (100 dB).
+MIN_MSE = 1e-10
+SSIM_WINDOW = 11
+
+
+def _check_pair(pred: torch.Tensor, target: torch.Tensor, ndim: int, name: str) -> None:
+    if pred.shape != target.shape or pred.ndim != ndim:
+        raise ValueError(f"{name}: prediction {list(pred.shape)} and target {list(target.shape)} must have the same "
+                         f"{ndim}-dimensional shape; pass frames as {'[N,H,W,3]' if ndim == 4 else '[N,H,W]'}.")
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB [N] of each frame of ``pred`` vs ``target`` (both [N,H,W,3] in 0..1), capped at 100 dB."""
+    _check_pair(pred, target, 4, "psnr")
+    mse = ((pred.float() - target.float()) ** 2).flatten(1).mean(1)
+    return -10 * torch.log10(mse.clamp_min(MIN_MSE))
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM [N] (kornia, 11x11 Gaussian window) of each frame of ``pred`` vs ``target`` ([N,H,W,3] in 0..1)."""
+    _check_pair(pred, target, 4, "ssim")
+    as_images = lambda x: x.float().movedim(-1, 1)  # noqa: E731
+    return kornia.metrics.ssim(as_images(pred), as_images(target), SSIM_WINDOW).flatten(1).mean(1)
+
+
+def depth_absrel(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """AbsRel [N], mean |pred - target| / target over pixels with valid ground truth (target > 0); nan if none."""
+    _check_pair(pred, target, 3, "depth_absrel")
+    valid = target > 0
+    error = torch.where(valid, (pred.float() - target.float()).abs() / target.float().clamp_min(1e-6), 0.0)
+    return error.flatten(1).sum(1) / valid.flatten(1).sum(1)
+
+
+def frame_grid(frames: torch.Tensor, columns: int, gap: int = 2) -> torch.Tensor:
+    """uint8 image [rows*(H+gap), columns*(W+gap), 3] of frames [N,H,W,3] in 0..1, row-major, white gaps."""
+    n, h, w, _ = frames.shape
+    rows = -(-n // columns)
+    grid = torch.full((rows * (h + gap), columns * (w + gap), 3), 255, dtype=torch.uint8)
+    pixels = (frames.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    for i, frame in enumerate(pixels):
+        r, c = divmod(i, columns)
+        grid[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = frame
+    return grid
+
+
+def machine_info() -> dict:
+    """Platform, CPU count, torch version and thread count: what a timing or benchmark figure was measured on."""
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version()}

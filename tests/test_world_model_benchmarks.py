@@ -1,0 +1,146 @@
+"""Smoke tests of benchmarks/next_chunk.py and benchmarks/rollout_speed.py, and unit tests of memory.metrics."""
+from __future__ import annotations
+
+import json
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import kornia
+import pytest
+import torch
+
+from memory.backbones.mosaic_dit import MosaicDiT
+from memory.episode import SAMPLE_EPISODE, read_episode, write_episode
+from memory.metrics import depth_absrel, frame_grid, machine_info, psnr, ssim
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from next_chunk import CONTEXT, PREDICT, window_starts  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def untrained_model(tmp_path_factory) -> Path:
+    """A small untrained MosaicDiT saved as a diffusers folder, so the smoke tests do not need the shipped weights."""
+    folder = tmp_path_factory.mktemp("model") / "untrained"
+    torch.manual_seed(0)
+    MosaicDiT(hidden_size=32, depth=1, num_heads=1).save_pretrained(folder)
+    return folder
+
+
+def run_script(monkeypatch, name: str, *args: str) -> None:
+    """Run a benchmark script as ``__main__`` in this process (sharing its imports keeps the smoke tests fast)."""
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_next_chunk_quick_writes_finite_metrics(untrained_model, tmp_path, monkeypatch):
+    episodes = tmp_path / "episodes"
+    sample = read_episode(SAMPLE_EPISODE)
+    short = type(sample)(**{**sample.__dict__, "rgb": sample.rgb[56:80], "depth": sample.depth[56:80],
+                            "c2w": sample.c2w[56:80], "actions": sample.actions[56:80], "context_frames": 8})
+    write_episode(short, episodes / "sim" / "short.safetensors")
+    out = tmp_path / "next_chunk.json"
+    run_script(monkeypatch, "next_chunk.py", "--episodes", str(episodes), "--json", str(out), "--model",
+               str(untrained_model), "--quick", "--threads", "1")
+    result = json.loads(out.read_text())
+    for key in ("model_psnr", "repeat_last_psnr", "warp_only_psnr", "model_ssim", "depth_absrel"):
+        assert math.isfinite(result[key]), key
+    assert result["windows"] == 2 and result["steps"] == 2 and result["chunk"] == 4
+    assert result["frames"] == 2 * PREDICT
+    assert list(result["by_simulator"]) == ["memory-maze MemoryMaze-9x9 (target_color_in_image=False)"]
+    # A stepping walker's warp of the last frame beats repeating it; an untrained network beats neither.
+    assert result["warp_only_psnr"] > result["repeat_last_psnr"] > result["model_psnr"]
+    assert result["revisit"] is None or result["revisit"]["frames"] <= result["frames"]
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_next_chunk_rejects_a_folder_without_episodes(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_script(monkeypatch, "next_chunk.py", "--episodes", str(tmp_path), "--json", str(tmp_path / "o.json"),
+                   "--model", str(tmp_path), "--quick")
+    assert exit_.value.code == 2
+    assert "--episodes: no .safetensors episode files" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_default_model_error_tells_to_pass_model(tmp_path, monkeypatch):
+    import next_chunk
+
+    monkeypatch.setattr(next_chunk.world_model, "DEFAULT_MODEL", tmp_path / "absent")
+    with pytest.raises(ValueError, match="pass --model FOLDER"):
+        next_chunk.resolve_model(None)
+    assert next_chunk.resolve_model(tmp_path) == tmp_path
+
+
+def test_rollout_speed_times_64_frames(untrained_model, tmp_path, monkeypatch):
+    out = tmp_path / "speed.json"
+    run_script(monkeypatch, "rollout_speed.py", "--json", str(out), "--model", str(untrained_model), "--steps", "1",
+               "--chunk", "16", "--threads", "1")
+    result = json.loads(out.read_text())
+    assert math.isfinite(result["seconds_64_frames"]) and result["seconds_64_frames"] > 0
+    assert result["frames"] == 64 and result["steps"] == 1 and result["chunk"] == 16
+    assert len(result["per_chunk_seconds"]) == 4
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_window_starts_spread_over_episodes_and_skip_short_ones():
+    starts = window_starts([100, 5, 40], 5)
+    assert [i for i, _ in starts] == [0, 0, 0, 2, 2]
+    for i, start in starts:
+        assert 0 <= start <= [100, 5, 40][i] - CONTEXT - PREDICT
+    assert len({s for i, s in starts if i == 0}) == 3
+    with pytest.raises(ValueError, match="--episodes"):
+        window_starts([11], 1)
+
+
+def test_psnr_matches_kornia_and_caps_identical_frames():
+    torch.manual_seed(0)
+    a, b = torch.rand(3, 16, 16, 3), torch.rand(3, 16, 16, 3)
+    values = psnr(a, b)
+    assert values.shape == (3,)
+    assert torch.allclose(values[1], kornia.metrics.psnr(a[1], b[1], 1.0), atol=1e-4)
+    assert psnr(a, a).tolist() == pytest.approx([100.0] * 3)
+
+
+def test_ssim_is_one_for_identical_frames_and_lower_for_noise():
+    torch.manual_seed(0)
+    a = torch.rand(2, 32, 32, 3)
+    assert ssim(a, a).tolist() == pytest.approx([1.0, 1.0], abs=1e-4)
+    assert (ssim(a, (a + 0.3 * torch.randn_like(a)).clamp(0, 1)) < 0.9).all()
+
+
+def test_depth_absrel_of_scaled_depth_ignores_invalid_pixels():
+    target = torch.rand(2, 8, 8) * 5 + 1
+    pred = target * 1.1
+    target[:, :2] = 0
+    pred[:, :2] = 123.0
+    assert depth_absrel(pred, target).tolist() == pytest.approx([0.1, 0.1], abs=1e-5)
+    assert math.isnan(float(depth_absrel(pred[:1], torch.zeros(1, 8, 8))[0]))
+
+
+def test_metrics_reject_mismatched_shapes():
+    with pytest.raises(ValueError, match="psnr: prediction"):
+        psnr(torch.zeros(1, 8, 8, 3), torch.zeros(1, 8, 9, 3))
+    with pytest.raises(ValueError, match="depth_absrel"):
+        depth_absrel(torch.zeros(1, 8, 8, 3), torch.zeros(1, 8, 8, 3))
+
+
+def test_frame_grid_places_frames_row_major():
+    frames = torch.stack([torch.full((4, 5, 3), v) for v in (0.0, 0.5, 1.0)])
+    grid = frame_grid(frames, columns=2, gap=1)
+    assert grid.shape == (2 * 5, 2 * 6, 3) and grid.dtype == torch.uint8
+    assert int(grid[0, 0, 0]) == 0 and int(grid[0, 6, 0]) == 128 and int(grid[5, 0, 0]) == 255
+    assert int(grid[4, 0, 0]) == 255  # gap row
+
+
+def test_machine_info_names_cpus_and_threads():
+    info = machine_info()
+    assert info["cpus"] >= 1 and info["threads"] >= 1 and info["torch"] == torch.__version__
