@@ -114,7 +114,7 @@ def navigate(model: WorldModel, frames: torch.Tensor, depth: torch.Tensor | None
     if depth is None:
         first = Mosaic(frames.float(), torch.zeros(frames.shape[:3]), torch.ones(frames.shape[:3]))
         encoded = sample_chunk(model, torch.zeros(0, 4, path.height, path.width), path.c2w[:0], path.c2w[:known],
-                               path.K, first, steps, generator, depth_known=False)
+                               path.K, first, steps, generator, depth_known=False, callback=callback)
         depth = decode_rgbd(encoded)[1]
     rgb_all, depth_all = [frames.float()], [depth.float()]
     yield Chunk(frames.float(), depth.float())

@@ -10,6 +10,7 @@ from .edit_memory import EditPatchMemory
 from .episode import LoadEpisode
 from .memory_files import LoadPatchMemory, PatchMemoryMap, PatchMemoryTo3D, SavePatchMemory
 from .patch_memory import BuildPatchMemory, MergePatchMemories, RenderPatchMemory
+from .world_model import LoadWorldModel, Navigate
 
 NODES: list[type[io.ComfyNode]] = [
     LoadEpisode,
@@ -27,6 +28,8 @@ NODES: list[type[io.ComfyNode]] = [
     LoadPatchMemory,
     PatchMemoryTo3D,
     PatchMemoryMap,
+    LoadWorldModel,
+    Navigate,
 ]
 
 

@@ -16,28 +16,47 @@ from ..memory.files import confined_path
 CameraPathType = io.Custom("COME_CAMERA_PATH")
 PatchMemoryType = io.Custom("COME_PATCH_MEMORY")
 DepthType = io.Custom("COME_DEPTH")
+WorldModelType = io.Custom("COME_WORLD_MODEL")
 
 CATEGORY = "CoME"
 T = TypeVar("T")
 
 
-def until_interrupted(items: Iterable[T], total: int, what: str) -> list[T]:
+class Progress:
+    """ComfyUI's progress bar over ``total`` steps; every step is also an interrupt point."""
+
+    def __init__(self, total: int):
+        self.bar = comfy.utils.ProgressBar(total)
+        self.done = 0
+
+    def step(self, *_: object) -> None:
+        """Count one finished step; raises ComfyUI's interrupt first if the user cancelled."""
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        self.done += 1
+        self.bar.update(1)
+
+
+def until_interrupted(items: Iterable[T], total: int, what: str, progress: Progress | None = None) -> list[T]:
     """Consume ``items`` with ComfyUI's progress bar; on cancel, stop and return what is finished.
 
-    Finished frames are results worth keeping (the save node downstream still writes them), so the
-    interrupt is consumed here; with nothing finished it propagates as usual.
+    Without ``progress`` each item is one step. With it, producing the items steps it (e.g. once per
+    denoising step through a callback), so a cancel inside a long item stops there. Finished frames
+    are results worth keeping (the save node downstream still writes them), so the interrupt is
+    consumed here; with nothing finished it propagates as usual.
     """
-    bar = comfy.utils.ProgressBar(total)
+    counter = progress if progress is not None else Progress(total)
     done: list[T] = []
-    for item in items:
-        if comfy.model_management.processing_interrupted() and done:
-            comfy.model_management.interrupt_current_processing(False)
-            logging.warning("CoME: %s interrupted after %d of %d frames; returning the finished frames.",
-                            what, len(done), total)
-            break
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        done.append(item)
-        bar.update(1)
+    try:
+        for item in items:
+            if progress is None:
+                counter.step()
+            done.append(item)
+    except comfy.model_management.InterruptProcessingException:
+        if not done:
+            raise
+        comfy.model_management.interrupt_current_processing(False)
+        logging.warning("CoME: %s interrupted after %d of %d steps; returning the finished frames.",
+                        what, counter.done, total)
     return done
 
 

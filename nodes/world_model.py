@@ -1,0 +1,147 @@
+"""Load a world model (the embedded default or a folder from models/world_models/) and navigate with it."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import comfy.model_management
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..memory.camera import CameraPath
+from ..memory.depth import DepthMaps, depth_to_image
+from ..memory.files import confined_path
+from ..memory.world_model import DEFAULT_MODEL, WorldModel, load_world_model, navigate
+from .types import CATEGORY, CameraPathType, DepthType, Progress, WorldModelType, until_interrupted
+
+SUBCATEGORY = f"{CATEGORY}/world model"
+MODEL_FOLDER = "world_models"
+DEFAULT_CHOICE = "come-default (embedded)"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+folder_paths.add_model_folder_path(MODEL_FOLDER, os.path.join(folder_paths.models_dir, MODEL_FOLDER))
+
+
+def model_choices() -> list[str]:
+    """The embedded default, then every folder with a config.json under ComfyUI's ``models/world_models/``."""
+    found = {
+        config.parent.relative_to(root).as_posix()
+        for root in map(Path, folder_paths.get_folder_paths(MODEL_FOLDER)) if root.is_dir()
+        for config in root.rglob("config.json") if config.parent != root
+    }
+    return [DEFAULT_CHOICE, *sorted(found)]
+
+
+def resolve_model(name: str) -> Path:
+    """The folder behind a choice of :func:`model_choices`, confined to the registered world_models folders."""
+    if name == DEFAULT_CHOICE:
+        return DEFAULT_MODEL
+    roots = folder_paths.get_folder_paths(MODEL_FOLDER)
+    for root in roots:
+        folder = confined_path(root, name, "model")
+        if folder.is_dir():
+            return folder
+    raise ValueError(f"model: no folder '{name}' under {', '.join(roots)}; put a diffusers model folder "
+                     "(config.json + .safetensors) there and refresh, or pick another model.")
+
+
+class LoadWorldModel(io.ComfyNode):
+    """Load a MosaicDiT world model: the embedded default, or a diffusers folder from models/world_models/."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CoMELoadWorldModel",
+            display_name="Load World Model (CoME)",
+            category=SUBCATEGORY,
+            description="Loads the RGB-D video world model. The first entry is the small model shipped with the "
+            "pack (works offline on a CPU); other entries are folders (config.json + .safetensors, as written by "
+            "save_pretrained) under ComfyUI's models/world_models/.",
+            inputs=[
+                io.Combo.Input("model", options=model_choices(),
+                               tooltip="The embedded default model, or a model folder from models/world_models/."),
+                io.Combo.Input("dtype", options=list(DTYPES), default="float32",
+                               tooltip="Precision of the weights; float32 is safest on a CPU, bfloat16/float16 "
+                               "save memory on a GPU."),
+                io.Combo.Input("device", options=["auto", "cpu"], default="auto",
+                               tooltip="auto: ComfyUI's compute device (the GPU if there is one); cpu: always the CPU."),
+            ],
+            outputs=[WorldModelType.Output("world_model", tooltip="The loaded world model.")],
+        )
+
+    @classmethod
+    def execute(cls, model: str, dtype: str, device: str) -> io.NodeOutput:
+        target = comfy.model_management.get_torch_device() if device == "auto" else torch.device("cpu")
+        return io.NodeOutput(load_world_model(resolve_model(model), DTYPES[dtype], target))
+
+
+class Navigate(io.ComfyNode):
+    """Roll the world model out along a camera path from initial frames, chunk by chunk."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CoMENavigate",
+            display_name="Navigate (CoME)",
+            category=SUBCATEGORY,
+            description="Generates the video seen along camera_path. The FIRST N cameras of camera_path belong to "
+            "the N initial frames (so the path must be longer than the initial frames); every later camera gets a "
+            "generated frame, chunk_size frames at a time. With one initial frame, a 'Camera Path from Moves' whose "
+            "reference is the frame's episode path starts at the right camera. The initial frames must already have "
+            "the camera path's image size: a different size is an error, not resized, because the path's "
+            "intrinsics describe that size (scale the frames with 'Upscale Image', or build the path at their "
+            "size). Without initial_depth the model first predicts the initial frames' depth. Cancelling keeps "
+            "the frames finished so far.",
+            inputs=[
+                WorldModelType.Input("world_model", tooltip="The world model (from Load World Model)."),
+                io.Image.Input("initial_frames", tooltip="The frames to start from, one per leading camera of "
+                               "camera_path, at the path's image size."),
+                CameraPathType.Input("camera_path", tooltip="The cameras to visit: first one per initial frame, "
+                                     "then one per frame to generate."),
+                io.Int.Input("chunk_size", default=4, min=1, max=64,
+                             tooltip="Frames generated together; each chunk sees the previous frames as context."),
+                io.Int.Input("steps", default=6, min=1, max=200, tooltip="Denoising steps per chunk."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the noise; the same seed and inputs give the same video."),
+                DepthType.Input("initial_depth", optional=True,
+                                tooltip="Optional metric depth of the initial frames (e.g. from Load Episode); "
+                                "predicted by the model if not connected."),
+            ],
+            outputs=[
+                io.Image.Output("frames", tooltip="All frames: the initial frames, then the generated ones."),
+                io.Image.Output("depth", tooltip="Depth of every frame for display (inverse depth, white = near)."),
+                CameraPathType.Output("covered_path", tooltip="The cameras of the returned frames (shorter than the "
+                                      "input path if cancelled)."),
+                DepthType.Output("metric_depth", tooltip="Metric z-depth of every frame, e.g. for a patch memory."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, world_model: WorldModel, initial_frames: torch.Tensor, camera_path: CameraPath, chunk_size: int,
+                steps: int, seed: int, initial_depth: DepthMaps | None = None) -> io.NodeOutput:
+        frames = initial_frames[..., :3]
+        check_inputs(world_model, frames, camera_path, initial_depth)
+        chunks = math.ceil((len(camera_path) - len(frames)) / chunk_size) + (initial_depth is None)
+        total = steps * chunks
+        progress = Progress(total)
+        depth = None if initial_depth is None else initial_depth.metres
+        rollout = navigate(world_model, frames, depth, camera_path, chunk=chunk_size, steps=steps, seed=seed,
+                           callback=progress.step)
+        done = until_interrupted(rollout, total, "navigation", progress)
+        rgb = torch.cat([c.rgb for c in done])
+        metres = torch.cat([c.depth for c in done])
+        return io.NodeOutput(rgb, depth_to_image(metres), camera_path.slice(0, len(rgb)), DepthMaps(metres))
+
+
+def check_inputs(model: WorldModel, frames: torch.Tensor, path: CameraPath, depth: DepthMaps | None) -> None:
+    """ValueErrors naming the node input for what the engine would reject less clearly or too late."""
+    patch = model.network.config.patch_size
+    if path.height % patch or path.width % patch:
+        raise ValueError(f"camera_path: image size {path.height}x{path.width} is not a multiple of the model's "
+                         f"patch size {patch}; set the path's width and height to multiples of {patch}.")
+    if depth is not None and tuple(depth.metres.shape) != tuple(frames.shape[:3]):
+        raise ValueError(f"initial_depth: {tuple(depth.metres.shape)} (count, height, width) does not match "
+                         f"initial_frames {tuple(frames.shape[:3])}; give one depth map per initial frame at "
+                         "their size, or leave initial_depth unconnected to predict it.")
