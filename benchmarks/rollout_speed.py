@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# A sibling script: its folder is first on sys.path when this file runs as a script.
 from next_chunk import navigate_default, resolve_model  # noqa: E402
 
 from memory import world_model  # noqa: E402

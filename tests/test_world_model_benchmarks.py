@@ -1,6 +1,7 @@
 """Smoke tests of benchmarks/next_chunk.py and benchmarks/rollout_speed.py, and unit tests of memory.metrics."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import runpy
@@ -44,8 +45,9 @@ def run_script(monkeypatch, name: str, *args: str) -> None:
 def test_next_chunk_quick_writes_finite_metrics(untrained_model, tmp_path, monkeypatch):
     episodes = tmp_path / "episodes"
     sample = read_episode(SAMPLE_EPISODE)
-    short = type(sample)(**{**sample.__dict__, "rgb": sample.rgb[56:80], "depth": sample.depth[56:80],
-                            "c2w": sample.c2w[56:80], "actions": sample.actions[56:80], "context_frames": 8})
+    frames = slice(56, 80)
+    short = dataclasses.replace(sample, rgb=sample.rgb[frames], depth=sample.depth[frames], c2w=sample.c2w[frames],
+                                actions=sample.actions[frames], context_frames=8)
     write_episode(short, episodes / "sim" / "short.safetensors")
     out = tmp_path / "next_chunk.json"
     run_script(monkeypatch, "next_chunk.py", "--episodes", str(episodes), "--json", str(out), "--model",
