@@ -209,3 +209,23 @@ def test_path_size_must_fit_the_model_patches(comfy, model):
                                                      height=SIZE, fov_deg=80.0).args[0]
     with pytest.raises(ValueError, match=r"^camera_path: .*patch size 8"):
         navigate(comfy, model, path, torch.rand(2, SIZE, 36, 3))
+
+
+def test_navigate_workflow_starts_its_path_at_the_initial_frame_camera(comfy):
+    """workflows/navigate_basic.json wires the documented rule: the path's first camera is the initial frame's."""
+    from comfyui_support import PACK, load_runner
+
+    mappings, _ = comfy
+    workflow = json.loads((PACK / "workflows" / "navigate_basic.json").read_text())
+    prompt = load_runner().ui_to_api(workflow, mappings)
+    by_type = {entry["class_type"]: entry["inputs"] for entry in prompt.values()}
+    navigate_inputs = by_type["CoMENavigate"]
+    assert prompt[navigate_inputs["camera_path"][0]]["class_type"] == "CoMECameraPathText"
+    pick = by_type["ImageFromBatch"]
+    episode = node(comfy, "CoMELoadEpisode").execute(**by_type["CoMELoadEpisode"]).args
+    initial = mappings["ImageFromBatch"]().frombatch(episode[0], pick["batch_index"], pick["length"])[0]
+    moves = {k: v for k, v in by_type["CoMECameraPathText"].items() if k != "reference"}
+    path = node(comfy, "CoMECameraPathText").execute(**moves, reference=episode[2]).args[0]
+    index = next(i for i in range(len(episode[0])) if torch.equal(episode[0][i], initial[0]))
+    assert len(initial) == 1 and 20 <= len(path) <= 64
+    assert torch.allclose(path.c2w[0], episode[2].c2w[index], atol=1e-5)
