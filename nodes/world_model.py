@@ -63,10 +63,10 @@ class LoadWorldModel(io.ComfyNode):
                 io.Combo.Input("model", options=model_choices(),
                                tooltip="The embedded default model, or a model folder from models/world_models/."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="float32",
-                               tooltip="Precision of the weights; float32 is safest on a CPU, bfloat16/float16 "
-                               "save memory on a GPU."),
+                               tooltip="Precision of the weights; float32 is safest on a CPU, "
+                               "bfloat16/float16 save memory on a GPU."),
                 io.Combo.Input("device", options=["auto", "cpu"], default="auto",
-                               tooltip="auto: ComfyUI's compute device (the GPU if there is one); cpu: always the CPU."),
+                               tooltip="auto: ComfyUI's compute device (a GPU if present); cpu: always the CPU."),
             ],
             outputs=[WorldModelType.Output("world_model", tooltip="The loaded world model.")],
         )

@@ -1,4 +1,4 @@
-"""Load World Model and Navigate inside a real ComfyUI, on a tiny untrained model (independent of the shipped weights)."""
+"""Load World Model and Navigate inside a real ComfyUI, on a tiny random model (independent of the shipped weights)."""
 from __future__ import annotations
 
 import importlib
@@ -29,11 +29,16 @@ def nodes_module(comfy):
 
 @pytest.fixture(scope="module")
 def models_root(comfy, tmp_path_factory):
-    """A folder registered as ComfyUI 'world_models' holding one tiny model 'tiny/v1' (removed from the registry after)."""
+    """A registered ComfyUI 'world_models' folder holding a tiny random model 'tiny/v1' (unregistered after)."""
     folder_paths = importlib.import_module("folder_paths")
     root = tmp_path_factory.mktemp("world_models")
     torch.manual_seed(0)
-    MosaicDiT(hidden_size=32, depth=1, num_heads=2, rope_dims=(4, 6, 6)).save_pretrained(root / "tiny" / "v1")
+    tiny = MosaicDiT(hidden_size=32, depth=1, num_heads=2, rope_dims=(4, 6, 6))
+    with torch.no_grad():
+        # zero-initialised gates would make an untrained model ignore its noise and seed
+        for weight in tiny.parameters():
+            weight.normal_(0.0, 0.05)
+    tiny.save_pretrained(root / "tiny" / "v1")
     folder_paths.add_model_folder_path("world_models", str(root))
     yield root
     folder_paths.folder_names_and_paths["world_models"][0].remove(str(root))
