@@ -16,7 +16,8 @@ from .rgbd import decode_rgbd, encode_rgbd
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "mosaic_dit"
 CONTEXT_FRAMES = 2
-MOSAIC_FRAMES = 4
+# The base model's mosaic: the latest frame warped (older frames measured 1 dB worse, stale view-dependent shading).
+MOSAIC_FRAMES = 1
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def navigate(model: WorldModel, frames: torch.Tensor, depth: torch.Tensor | None
         rgb, dep = torch.cat(rgb_all), torch.cat(depth_all)
         targets = path.c2w[done:done + chunk]
         lo = max(0, done - MOSAIC_FRAMES)
-        mosaic = warp_frames(rgb[lo:], dep[lo:], path.c2w[lo:done], path.K, targets)
+        mosaic = warp_frames(rgb[lo:], dep[lo:], path.c2w[lo:done], path.K, targets).fill_holes(rgb[-1], dep[-1])
         ctx = slice(max(0, done - CONTEXT_FRAMES), done)
         encoded = sample_chunk(model, encode_rgbd(rgb[ctx], dep[ctx]), path.c2w[ctx], targets, path.K, mosaic,
                                steps, generator, callback=callback)

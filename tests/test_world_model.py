@@ -77,15 +77,20 @@ def test_mosaic_channels_zero_out_unknown_depth():
     assert float(Mosaic.empty(2, 8, 8).channels().abs().max()) == 0.0
 
 
+def rotation(angles):
+    """(cos, sin) of RoPE angles [B,N,D/2] shaped for apply_rope."""
+    return angles.cos()[:, None], angles.sin()[:, None]
+
+
 def test_rope_rotation_preserves_norms_and_relative_positions():
     x = torch.randn(1, 2, 3, 32)
     pos = torch.tensor([[[0.0, 1.0, 2.0], [1.0, 0.5, 3.25], [2.0, 2.0, 0.0]]])
-    rotated = apply_rope(x, rope_angles(pos, (8, 12, 12), 100.0))
+    rotated = apply_rope(x, rotation(rope_angles(pos, (8, 12, 12), 100.0)))
     assert torch.allclose(rotated.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
     q, k = torch.randn(1, 1, 1, 32), torch.randn(1, 1, 1, 32)
     def score(p, r):
-        a = apply_rope(q, rope_angles(torch.tensor([[p]]), (8, 12, 12), 100.0))
-        b = apply_rope(k, rope_angles(torch.tensor([[r]]), (8, 12, 12), 100.0))
+        a = apply_rope(q, rotation(rope_angles(torch.tensor([[p]]), (8, 12, 12), 100.0)))
+        b = apply_rope(k, rotation(rope_angles(torch.tensor([[r]]), (8, 12, 12), 100.0)))
         return float((a * b).sum())
     assert score([1.0, 2.0, 3.0], [0.0, 1.5, 1.0]) == pytest.approx(score([3.0, 4.0, 5.0], [2.0, 3.5, 3.0]), rel=1e-4)
 

@@ -1,6 +1,7 @@
 """MosaicDiT: the embedded default world model, a small RGB-D video diffusion transformer conditioned on mosaics.
 
-Geometry first: the network is not asked to learn 3D motion. Each frame's tokens carry, pixel-aligned,
+Geometry first: the network is not asked to learn 3D motion; it predicts a correction of the mosaic's
+RGB-D (holes pre-filled by repeating the latest frame). Each frame's tokens carry, pixel-aligned,
 the noisy RGB-D, the mosaic (known frames warped into this camera: RGB-D + coverage masks) and the
 camera's Plücker rays relative to a reference camera; the network fills what the mosaic does not cover,
 repairs warping artefacts and predicts depth. Frames have their own noise levels (context frames clean,
@@ -33,9 +34,9 @@ def rope_angles(positions: torch.Tensor, dims: tuple[int, int, int], theta: floa
     return torch.cat(parts, -1)
 
 
-def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate feature pairs of x [B,heads,N,D] by angles [B,N,D/2]."""
-    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+def apply_rope(x: torch.Tensor, rotation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate feature pairs of x [B,heads,N,D] by (cos, sin) [B,1,N,D/2] of the RoPE angles."""
+    cos, sin = rotation
     even, odd = x[..., 0::2], x[..., 1::2]
     return torch.stack([even * cos - odd * sin, even * sin + odd * cos], -1).flatten(-2)
 
@@ -64,13 +65,13 @@ class Block(nn.Module):
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-        """x, cond [B,N,hidden]; angles [B,N,head_dim/2]."""
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, rotation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x, cond [B,N,hidden]; rotation: RoPE (cos, sin) [B,1,N,head_dim/2]."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(cond)).chunk(6, -1)
         h = self.norm1(x) * (1 + scale1) + shift1
         b, n, c = h.shape
         q, k, v = self.qkv(h).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, angles), apply_rope(k, angles)
+        q, k = apply_rope(q, rotation), apply_rope(k, rotation)
         attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
         x = x + gate1 * self.proj(attn)
         h = self.norm2(x) * (1 + scale2) + shift2
@@ -96,8 +97,9 @@ class MosaicDiT(ModelMixin, ConfigMixin):
         self.norm_out = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.out_modulation = nn.Linear(hidden_size, 2 * hidden_size)
         self.out = nn.Linear(hidden_size, RGBD_CHANNELS * p2)
-        nn.init.zeros_(self.out_modulation.weight)
-        nn.init.zeros_(self.out_modulation.bias)
+        for layer in (self.out_modulation, self.out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """[B,F,C,H,W] -> tokens [B,F*h*w,C*p*p] (frame-major, then rows, then columns)."""
@@ -135,12 +137,15 @@ class MosaicDiT(ModelMixin, ConfigMixin):
             positions = torch.cat([positions, mosaic_positions.float()], 1)
             t = torch.cat([t, torch.zeros(mosaic_tokens.shape[:2], device=t.device)], 1)
         cond = self.time_mlp(timestep_embedding(t, self.config.hidden_size))
-        angles = rope_angles(positions, tuple(self.config.rope_dims), self.config.rope_theta)
+        angles = rope_angles(positions, tuple(self.config.rope_dims), self.config.rope_theta)[:, None]
+        rotation = (angles.cos().to(x.dtype), angles.sin().to(x.dtype))
         for block in self.blocks:
-            x = block(x, cond, angles)
+            x = block(x, cond, rotation)
         shift, scale = self.out_modulation(F.silu(cond)).chunk(2, -1)
         x = self.out(self.norm_out(x) * (1 + scale) + shift)[:, : f * h * w]
-        return self.unpatchify(x, f, height, width)
+        # geometry first: the prediction is a correction of the mosaic's RGB-D, so an untrained network
+        # already returns the warped frames and training only has to learn what geometry cannot give
+        return mosaic[:, :, :RGBD_CHANNELS] + self.unpatchify(x, f, height, width)
 
 
 def scheduler_for(model: MosaicDiT) -> DDPMScheduler:

@@ -38,17 +38,18 @@ def load_episodes(folder: str | Path) -> list[Episode]:
 
 
 def mosaic_sources(episode: Episode, start: int, rng: random.Random) -> list[int]:
-    """Frames whose warp conditions a window starting at ``start``: recent context, sometimes far-away revisits."""
+    """Frames whose warp conditions a window starting at ``start``: the latest context frame, sometimes far-away revisits."""
     context = list(range(start, start + CONTEXT_FRAMES))
     roll = rng.random()
     if roll < MOSAIC_DROPOUT:
         return []
-    sources = context if rng.random() < 0.7 else rng.sample(context, 1)
+    # the base rollout warps the latest frame; other frames come in as revisits (the spatial memory's job)
+    sources = context[-1:]
     if roll > 1 - FAR_SOURCES:
         target = episode.c2w[start + CONTEXT_FRAMES, :3, 3]
         near = (episode.c2w[:, :3, 3] - target).norm(dim=-1) < REVISIT_RADIUS_M
         far = [int(i) for i in near.nonzero().flatten() if abs(int(i) - start) > CONTEXT_FRAMES + TARGET_FRAMES]
-        sources = sources + rng.sample(far, min(len(far), rng.randint(1, 3)))
+        sources = rng.sample(far, min(len(far), rng.randint(1, 3))) + sources  # the latest frame stays on top
     return sources
 
 
@@ -61,6 +62,8 @@ def make_window(episode: Episode, start: int, sources: list[int], depth_known: b
     src = torch.tensor(sources, dtype=torch.long)
     warped = warp_frames(episode.rgb[src].float() / 255, episode.depth[src], episode.c2w[src], episode.K,
                          c2w[CONTEXT_FRAMES:])
+    if sources:
+        warped = warped.fill_holes(rgb[CONTEXT_FRAMES - 1], depth[CONTEXT_FRAMES - 1])
     empty = Mosaic.empty(CONTEXT_FRAMES, episode.height, episode.width)
     mosaic = torch.cat([empty.channels(), warped.channels(depth_known)])
     rays = plucker_rays(c2w, episode.K, c2w[CONTEXT_FRAMES - 1], episode.height, episode.width)
