@@ -78,7 +78,8 @@ def sample_chunk(model: WorldModel, context: torch.Tensor, context_c2w: torch.Te
     rays = plucker_rays(c2w, K, c2w[len(context) - 1 if len(context) else 0], height, width)
     empty = Mosaic.empty(len(context), height, width).channels()
     cond = torch.cat([empty, mosaic.channels(depth_known)])
-    scheduler = DDIMScheduler.from_config(scheduler_for(net).config)
+    # trailing spacing starts at the last training timestep, where pure noise is the right input, even for one step
+    scheduler = DDIMScheduler.from_config(scheduler_for(net).config, timestep_spacing="trailing")
     scheduler.set_timesteps(steps)
     x = torch.randn(len(target_c2w), 4, height, width, generator=generator)
     as_net = dict(device=model.device, dtype=model.dtype)
