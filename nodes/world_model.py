@@ -13,7 +13,7 @@ from comfy_api.latest import io
 from ..memory.camera import CameraPath
 from ..memory.depth import DepthMaps, depth_to_image
 from ..memory.files import confined_path
-from ..memory.world_model import DEFAULT_MODEL, WorldModel, load_world_model, navigate
+from ..memory.world_model import DEFAULT_MODEL, DEFAULT_STEPS, WorldModel, load_world_model, navigate
 from .types import CATEGORY, CameraPathType, DepthType, Progress, WorldModelType, until_interrupted
 
 SUBCATEGORY = f"{CATEGORY}/world model"
@@ -102,7 +102,9 @@ class Navigate(io.ComfyNode):
                                      "then one per frame to generate."),
                 io.Int.Input("chunk_size", default=4, min=1, max=64,
                              tooltip="Frames generated together; each chunk sees the previous frames as context."),
-                io.Int.Input("steps", default=6, min=1, max=200, tooltip="Denoising steps per chunk."),
+                io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=200,
+                             tooltip="Denoising steps per chunk: 1 gives the model's mean prediction (highest fidelity, "
+                             "fastest); more steps give sharper, more varied samples."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the noise; the same seed and inputs give the same video."),
                 DepthType.Input("initial_depth", optional=True,
