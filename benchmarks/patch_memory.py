@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -22,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memory.geometry import lift_frame, splat_grids  # noqa: E402
+from memory.metrics import machine_info  # noqa: E402
 from memory.patch_memory import PatchMemory, frames_to_patches, insert_frames, render  # noqa: E402
 from memory.testscene import orbit_cameras, room_views  # noqa: E402
 
@@ -170,8 +169,7 @@ def run(episode_path: Path, quick: bool) -> dict:
                             "no view preference; dedupe_cost_db compares the memory with the same renderer on "
                             "every context patch (no dedupe), i.e. what storing in the memory loses",
                     "per_frame": per_frame},
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version()},
+        "machine": machine_info(),
     }
 
 
