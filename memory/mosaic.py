@@ -6,7 +6,6 @@ from dataclasses import dataclass
 import torch
 
 from .geometry import lift_frame, splat_grids
-from .patch_memory import PatchMemory, render, stack_renderings
 from .rgbd import encode_rgbd
 
 MOSAIC_CHANNELS = 6
@@ -46,15 +45,6 @@ class Mosaic:
         if not depth_known:
             x[:, 3] = 0
         return torch.cat([x, self.mask[:, None], depth_mask[:, None]], 1)
-
-
-def memory_mosaic(memory: PatchMemory, K: torch.Tensor, targets: torch.Tensor, height: int, width: int,
-                  max_patches: int = 4096) -> Mosaic:
-    """The memory rendered into each target camera ``targets`` [T,4,4]."""
-    if len(memory) == 0:
-        return Mosaic.empty(len(targets), height, width)
-    rgb, mask, depth = stack_renderings([render(memory, K, pose, height, width, max_patches) for pose in targets])
-    return Mosaic(rgb, depth, mask)
 
 
 def warp_frames(rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
