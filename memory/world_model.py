@@ -122,19 +122,18 @@ def navigate(model: WorldModel, frames: torch.Tensor, depth: torch.Tensor | None
         encoded = sample_chunk(model, torch.zeros(0, 4, path.height, path.width), path.c2w[:0], path.c2w[:known],
                                path.K, first, steps, generator, depth_known=False, callback=callback)
         depth = decode_rgbd(encoded)[1]
-    rgb_all, depth_all = [frames.float()], [depth.float()]
+    keep = max(CONTEXT_FRAMES, MOSAIC_FRAMES)
+    rgb, dep = frames.float()[-keep:], depth.float()[-keep:]
     yield Chunk(frames.float(), depth.float())
     done = known
     while done < len(path):
-        rgb, dep = torch.cat(rgb_all), torch.cat(depth_all)
+        # only a bounded window of recent frames is kept, so a chunk costs the same however long the rollout
         targets = path.c2w[done:done + chunk]
-        lo = max(0, done - MOSAIC_FRAMES)
-        mosaic = warp_frames(rgb[lo:], dep[lo:], path.c2w[lo:done], path.K, targets).fill_holes(rgb[-1], dep[-1])
-        ctx = slice(max(0, done - CONTEXT_FRAMES), done)
-        encoded = sample_chunk(model, encode_rgbd(rgb[ctx], dep[ctx]), path.c2w[ctx], targets, path.K, mosaic,
-                               steps, generator, callback=callback)
+        m, c = min(MOSAIC_FRAMES, len(rgb)), min(CONTEXT_FRAMES, len(rgb))
+        mosaic = warp_frames(rgb[-m:], dep[-m:], path.c2w[done - m:done], path.K, targets).fill_holes(rgb[-1], dep[-1])
+        encoded = sample_chunk(model, encode_rgbd(rgb[-c:], dep[-c:]), path.c2w[done - c:done], targets, path.K,
+                               mosaic, steps, generator, callback=callback)
         out = Chunk(*decode_rgbd(encoded))
-        rgb_all.append(out.rgb)
-        depth_all.append(out.depth)
+        rgb, dep = torch.cat([rgb, out.rgb])[-keep:], torch.cat([dep, out.depth])[-keep:]
         done += len(targets)
         yield out
