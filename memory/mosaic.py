@@ -9,6 +9,8 @@ from .geometry import lift_frame, splat_grids
 from .rgbd import encode_rgbd
 
 MOSAIC_CHANNELS = 6
+# far enough that no camera move in a scene shifts it by a pixel: a direction, not a place
+SKY_DISTANCE_M = 1e5
 
 
 @dataclass(frozen=True)
@@ -53,16 +55,23 @@ def warp_frames(rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: to
 
     Each frame is splatted with the patch memory's splat (adaptive footprints, z-buffer); the latest
     frame takes priority and older ones only fill what it leaves uncovered, so stale lighting and
-    coarser, farther views never overwrite the freshest observation.
+    coarser, farther views never overwrite the freshest observation. Depth 0 (sky) is at infinity: it
+    moves with the camera's rotation only and shows wherever no surface does, with depth 0 and mask 1.
     """
     height, width = depth.shape[-2:]
     out = Mosaic.empty(len(targets), height, width)
-    for frame, frame_depth, pose in zip(rgb.flip(0), depth.flip(0), c2w.flip(0)):
-        points, valid = lift_frame(frame_depth, K, pose)
-        views = [splat_grids(points[None], valid[None], frame[None].float(), K, target, height, width)
-                 for target in targets]
-        hole = out.mask <= 0
-        out = Mosaic(torch.where(hole[..., None], torch.stack([v.rgb for v in views]), out.rgb),
-                     torch.where(hole, torch.stack([v.depth for v in views]), out.depth),
-                     torch.where(hole, torch.stack([v.mask for v in views]), out.mask))
+    surfaces = [lift_frame(d, K, pose) for d, pose in zip(depth.flip(0), c2w.flip(0))]
+    skies = [lift_frame(torch.where(d > 0, 0.0, SKY_DISTANCE_M), K, pose) for d, pose in zip(depth.flip(0), c2w.flip(0))]
+    # every frame's surfaces before any sky: sky is behind everything. Sky gets its own splat so its
+    # footprints are not stretched by the parallax of the surfaces it borders.
+    for grids, is_sky in ((surfaces, False), (skies, True)):
+        for frame, (points, valid) in zip(rgb.flip(0).float(), grids):
+            if not bool(valid.any()):
+                continue
+            for i, target in enumerate(targets):
+                view = splat_grids(points[None], valid[None], frame[None], K, target, height, width)
+                fill = (out.mask[i] <= 0) & (view.mask > 0)
+                out.rgb[i][fill] = view.rgb[fill]
+                out.depth[i][fill] = 0.0 if is_sky else view.depth[fill]
+                out.mask[i][fill] = 1.0
     return out

@@ -68,6 +68,23 @@ def test_warp_frames_reproduces_a_source_frame_in_its_own_camera(episode):
     assert float((mosaic.rgb[0][covered] - rgb[1][covered]).abs().mean()) < 0.03
 
 
+def test_warp_frames_keeps_sky_at_infinity_behind_surfaces():
+    K = torch.tensor([[32.0, 0, 32], [0, 32.0, 32], [0, 0, 1]])
+    source = torch.eye(4)
+    forward = torch.eye(4)
+    forward[:3, 3] = source[:3, 2]  # one metre along the optical axis
+    rgb = torch.rand(1, 64, 64, 3)
+    depth = torch.zeros(1, 64, 64)
+    depth[0, 32:] = 3.0  # a wall in the lower half, sky above
+    mosaic = warp_frames(rgb, depth, source[None], K, forward[None])
+    sky, wall = (slice(0, 28), slice(None)), (slice(38, 64), slice(8, 56))
+    # directions at infinity do not move when the camera translates: same pixels, same colours, depth 0 = sky
+    assert float(mosaic.mask[0][sky].min()) == 1.0 and float(mosaic.depth[0][sky].abs().max()) == 0.0
+    assert torch.allclose(mosaic.rgb[0][sky], rgb[0][sky])
+    # the wall, now 2 m away, still wins over the sky wherever it is seen
+    assert torch.allclose(mosaic.depth[0][wall], torch.full((26, 48), 2.0), atol=1e-3)
+
+
 def test_mosaic_channels_zero_out_unknown_depth():
     m = Mosaic(torch.rand(1, 8, 8, 3), torch.full((1, 8, 8), 2.0), torch.ones(1, 8, 8))
     known, unknown = m.channels(True), m.channels(False)
