@@ -70,3 +70,21 @@ def test_generation_is_deterministic_by_seed(sim: str) -> None:
 def test_unknown_simulator_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown simulator 'habitat'"):
         generate_episode("habitat", 0, 10)
+
+
+@pytest.mark.parametrize(("sim", "maze", "name"), [("memory_maze", 13, "MemoryMaze-13x13"), ("miniworld", 6, "num_rows=6")])
+def test_other_maze_sizes_keep_exact_geometry(sim: str, maze: int, name: str) -> None:
+    require_simulator(sim)
+    ep = generate_episode(sim, SEEDS[0], 2 * FRAMES, 64, 2 * CONTEXT, maze=maze)
+    assert name in ep.source
+    pairs = [(s, t) for s, t in revisit_pairs(ep, min_overlap=0.25) if not torch.allclose(ep.c2w[s], ep.c2w[t], atol=1e-4)]
+    assert len(pairs) >= 3
+    psnr = [reprojection_psnr(ep, s, t) for s, t in pairs]
+    assert sum(psnr) / len(psnr) > MIN_MEAN_PSNR, psnr
+
+
+@pytest.mark.parametrize(("sim", "maze"), [("memory_maze", 10), ("miniworld", 1)])
+def test_unavailable_maze_size_is_a_clear_error(sim: str, maze: int) -> None:
+    require_simulator(sim)
+    with pytest.raises(ValueError, match="maze: "):
+        generate_episode(sim, 0, 10, maze=maze)

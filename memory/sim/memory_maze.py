@@ -1,4 +1,4 @@
-"""Memory Maze 9x9 scenes rendered at exact walker poses with metric depth and exact cameras.
+"""Memory Maze scenes (9x9 to 15x15) rendered at exact walker poses with metric depth and exact cameras.
 
 Traps handled (see SIMULATORS.md): the target colour border is off (``target_color_in_image=False``),
 depth comes from a physics copy without multisampling, MuJoCo cameras look along -z with +y up,
@@ -28,20 +28,25 @@ CLEARANCE_M = 0.5
 GRID_CELL_M = 0.5
 WALKING_SPEED_M = 0.3
 TURN_DEG = 22.5
-# MuJoCo returns the far plane (hundreds of metres) for sky; the 9x9 maze is 22 m across.
+# MuJoCo returns the far plane (hundreds of metres) for sky; the 15x15 maze is 34 m across.
 SKY_DEPTH_M = 100.0
+MAZE_SIZES = (9, 11, 13, 15)
+DEFAULT_MAZE = 9
 _MUJOCO_TO_OPENCV = np.diag([1.0, -1.0, -1.0])
 
 
 class MemoryMazeScene:
-    """One Memory Maze 9x9 layout (chosen by ``seed``) whose egocentric camera can be placed anywhere."""
+    """One Memory Maze layout (``maze`` x ``maze`` cells, chosen by ``seed``) whose egocentric camera can be placed anywhere."""
 
-    source = "memory-maze==1.0.3 MemoryMaze-9x9 (target_color_in_image=False)"
     speed = WALKING_SPEED_M
     turn_deg = TURN_DEG
 
-    def __init__(self, seed: int, size: int = 64) -> None:
-        env = tasks.memory_maze_9x9(seed=seed, target_color_in_image=False, global_observables=False, camera_resolution=size)
+    def __init__(self, seed: int, size: int = 64, maze: int = DEFAULT_MAZE) -> None:
+        if maze not in MAZE_SIZES:
+            raise ValueError(f"maze: Memory Maze comes in sizes {', '.join(map(str, MAZE_SIZES))}, got {maze}.")
+        self.source = f"memory-maze==1.0.3 MemoryMaze-{maze}x{maze} (target_color_in_image=False)"
+        make = getattr(tasks, f"memory_maze_{maze}x{maze}")
+        env = make(seed=seed, target_color_in_image=False, global_observables=False, camera_resolution=size)
         env.reset()
         base = env
         while not hasattr(base, "physics"):
@@ -91,7 +96,7 @@ class MemoryMazeScene:
         return View(np.ascontiguousarray(rgb), depth, c2w.astype(np.float32))
 
 
-def open_scene(seed: int, size: int = 64) -> MemoryMazeScene:
-    """A Memory Maze 9x9 scene for ``seed`` rendering ``size``x``size`` frames."""
-    return MemoryMazeScene(seed, size)
+def open_scene(seed: int, size: int = 64, maze: int | None = None) -> MemoryMazeScene:
+    """A Memory Maze scene of ``maze`` x ``maze`` cells (default 9, the CoME benchmark) for ``seed``, rendering ``size``x``size`` frames."""
+    return MemoryMazeScene(seed, size, DEFAULT_MAZE if maze is None else maze)
 

@@ -80,14 +80,16 @@ class _DepthFramebuffer:
 
 
 class MiniWorldScene:
-    """One MiniWorld maze (4x4 rooms of 3 m, layout chosen by ``seed``) whose camera can be placed anywhere."""
+    """One MiniWorld maze (``maze`` x ``maze`` rooms of 3 m, layout chosen by ``seed``) whose camera can be placed anywhere."""
 
-    source = f"miniworld==2.1.0 Maze(num_rows={MAZE_ROOMS}, num_cols={MAZE_ROOMS}, room_size={ROOM_SIZE_M:g})"
     speed = WALKING_SPEED_M
     turn_deg = TURN_DEG
 
-    def __init__(self, seed: int, size: int = 64) -> None:
-        self._env = Maze(num_rows=MAZE_ROOMS, num_cols=MAZE_ROOMS, room_size=ROOM_SIZE_M, obs_width=size, obs_height=size)
+    def __init__(self, seed: int, size: int = 64, maze: int = MAZE_ROOMS) -> None:
+        if maze < 2:
+            raise ValueError(f"maze: a MiniWorld maze needs at least 2 rooms a side, got {maze}.")
+        self.source = f"miniworld==2.1.0 Maze(num_rows={maze}, num_cols={maze}, room_size={ROOM_SIZE_M:g})"
+        self._env = Maze(num_rows=maze, num_cols=maze, room_size=ROOM_SIZE_M, obs_width=size, obs_height=size)
         self._env.reset(seed=seed)
         self._depth_fb = _DepthFramebuffer(size, size)
         agent = self._env.agent
@@ -119,6 +121,6 @@ class MiniWorldScene:
         return View(np.ascontiguousarray(rgb), depth, c2w.astype(np.float32))
 
 
-def open_scene(seed: int, size: int = 64) -> MiniWorldScene:
-    """A MiniWorld maze scene for ``seed`` rendering ``size``x``size`` frames."""
-    return MiniWorldScene(seed, size)
+def open_scene(seed: int, size: int = 64, maze: int | None = None) -> MiniWorldScene:
+    """A MiniWorld maze of ``maze`` x ``maze`` rooms (default 4) for ``seed``, rendering ``size``x``size`` frames."""
+    return MiniWorldScene(seed, size, MAZE_ROOMS if maze is None else maze)
