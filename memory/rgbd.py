@@ -1,4 +1,4 @@
-"""The network's RGB-D encoding: colours and log-depth in [-1, 1], channels first."""
+"""The network's RGB-D encoding: colours and log-depth in [-1, 1], channels first; and the depth loss in that encoding."""
 from __future__ import annotations
 
 import math
@@ -26,3 +26,22 @@ def decode_rgbd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     d = (x[..., 3, :, :].clamp(-1, 1) + 1) / 2 * (_LOG_FAR - _LOG_NEAR) + _LOG_NEAR
     metres = d.exp()
     return rgb, torch.where(metres > FAR_M * 0.95, torch.zeros_like(metres), metres)
+
+
+# past this many times the true depth, the loss grows linearly instead of exponentially (bounded gradients)
+OVERSHOOT_LINEAR_FROM = 2.0
+
+
+def depth_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-pixel loss [...] of encoded log-depth ``pred`` vs ``target`` (channel 3 of :func:`encode_rgbd`, [...]).
+
+    Surfaces cost their relative error |pred/true - 1| (AbsRel), in encoded units so that small errors
+    cost the same as an L1 on log-depth: too far is unbounded there, too near at most 1, so where a
+    pixel may be a near wall or sky the minimum leans to the wall. Sky (target at the far plane) costs
+    the L1 of its encoding.
+    """
+    scale = (_LOG_FAR - _LOG_NEAR) / 2
+    delta = (pred - target) * scale
+    over = torch.expm1(delta.clamp(max=OVERSHOOT_LINEAR_FROM)) + math.exp(OVERSHOOT_LINEAR_FROM) * (delta - OVERSHOOT_LINEAR_FROM).clamp_min(0)
+    relative = torch.where(delta > 0, over, -torch.expm1(delta.clamp(max=0))) / scale
+    return torch.where(target >= 1, (pred - target).abs(), relative)

@@ -10,7 +10,7 @@ from memory.backbones.mosaic_dit import MosaicDiT, apply_rope, rope_angles
 from memory.camera import plucker_rays
 from memory.episode import SAMPLE_EPISODE, read_episode
 from memory.mosaic import Mosaic, warp_frames
-from memory.rgbd import FAR_M, decode_rgbd, encode_rgbd
+from memory.rgbd import FAR_M, decode_rgbd, depth_loss, encode_rgbd
 from memory.train.loop import TrainConfig, train
 from memory.world_model import load_world_model, navigate
 
@@ -41,6 +41,23 @@ def test_rgbd_round_trip_keeps_colour_depth_and_sky():
     assert float(back_depth[0, 0, 0]) == 0.0
     assert torch.allclose(back_depth[depth > 0], depth[depth > 0], rtol=1e-4)
     assert float(decode_rgbd(torch.ones(1, 4, 1, 1))[1].max()) == 0.0 and FAR_M > 10
+
+
+def test_depth_loss_is_relative_error_and_leans_near():
+    def encoded(metres):
+        depth = torch.tensor(metres).view(-1, 1, 1)
+        return encode_rgbd(torch.zeros(len(metres), 1, 1, 3), depth)[:, 3, 0, 0]
+
+    truth = encoded([2.0, 2.0, 2.0, 2.0, 0.0])
+    pred = encoded([2.0, 1.0, 4.0, 39.0, 5.0]).requires_grad_(True)
+    loss = depth_loss(pred, truth)
+    scale = float(loss[2] / 1.0)  # 4 m for 2 m: AbsRel 1
+    assert float(loss[0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(loss[1]) == pytest.approx(0.5 * scale, rel=1e-4)  # 1 m for 2 m: AbsRel 0.5
+    assert float(loss[3]) > 5 * float(loss[2])  # too far costs far more than too near by the same factor
+    assert float(loss[4]) == pytest.approx(float((pred[4] - truth[4]).abs()), rel=1e-6)  # sky: L1 of the encoding
+    loss.sum().backward()
+    assert torch.isfinite(pred.grad).all() and float(pred.grad[3]) > float(pred.grad[2]) > 0 > float(pred.grad[1])
 
 
 def test_plucker_rays_of_the_reference_camera_start_at_its_origin(episode):
