@@ -28,7 +28,7 @@ def decode_rgbd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rgb, torch.where(metres > FAR_M * 0.95, torch.zeros_like(metres), metres)
 
 
-# past this many times the true depth, the loss grows linearly instead of exponentially (bounded gradients)
+# log-depth overshoot (2.0: e^2, about 7x the true depth) past which the loss grows linearly, not exponentially (bounded gradients)
 OVERSHOOT_LINEAR_FROM = 2.0
 
 

@@ -28,7 +28,7 @@ CLEARANCE_M = 0.5
 GRID_CELL_M = 0.5
 WALKING_SPEED_M = 0.3
 TURN_DEG = 22.5
-# MuJoCo returns the far plane (hundreds of metres) for sky; the 15x15 maze is 34 m across.
+# MuJoCo returns the far plane (hundreds of metres) for sky; the largest maze is 15 cells of 2 m across.
 SKY_DEPTH_M = 100.0
 MAZE_SIZES = (9, 11, 13, 15)
 DEFAULT_MAZE = 9
