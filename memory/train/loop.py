@@ -19,8 +19,8 @@ from .windows import CONTEXT_FRAMES, WindowStream, load_episodes
 
 NULL_CONTEXT = 0.1
 LAST_TIMESTEP_SHARE = 0.5
-# measured: with an MSE on log-depth, pixels that could be sky or a near wall got a blend 10-20x too far,
-# 2 % of the pixels making 60 % of the AbsRel; the depth loss is the relative error instead (rgbd.depth_loss)
+# a symmetric log-depth loss blends "sky or near wall" pixels into a far guess that dominates AbsRel;
+# the depth loss is the relative error instead (rgbd.depth_loss)
 DEPTH_WEIGHT = 0.5
 
 
