@@ -16,7 +16,8 @@ from .rgbd import decode_rgbd, encode_rgbd
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "mosaic_dit"
 CONTEXT_FRAMES = 2
-# The base model's mosaic: the latest frame warped (older frames measured 1 dB worse, stale view-dependent shading).
+# The base model's mosaic: the latest frame warped (older generated frames measured 1 dB worse, stale
+# view-dependent shading), under the last initial frame (see navigate).
 MOSAIC_FRAMES = 1
 # One DDIM step from the last timestep is the model's mean prediction: on held-out episodes it scored
 # higher PSNR than 2 steps (22.5 vs 22.3 dB at training step 2300) and is the fastest. Raise it for
@@ -107,7 +108,10 @@ def navigate(model: WorldModel, frames: torch.Tensor, depth: torch.Tensor | None
 
     Yields the given frames (with depth, predicted if ``depth`` is None) and then each generated chunk,
     so a caller that stops early keeps everything finished. Each chunk sees the last CONTEXT_FRAMES
-    frames as context and the last MOSAIC_FRAMES warped into its cameras: cost per chunk is constant.
+    frames as context and, warped into its cameras, the last MOSAIC_FRAMES frames under the last
+    initial frame: cost per chunk is constant. The initial frame is an observation, a generated frame's
+    depth is partly a guess, so the initial frame takes priority wherever it is visible (and is found
+    again when the camera comes back).
     """
     known = len(frames)
     if not 1 <= known < len(path):
@@ -124,13 +128,18 @@ def navigate(model: WorldModel, frames: torch.Tensor, depth: torch.Tensor | None
         depth = decode_rgbd(encoded)[1]
     keep = max(CONTEXT_FRAMES, MOSAIC_FRAMES)
     rgb, dep = frames.float()[-keep:], depth.float()[-keep:]
+    anchor = (rgb[-1:], dep[-1:], path.c2w[known - 1:known])
     yield Chunk(frames.float(), depth.float())
     done = known
     while done < len(path):
         # only a bounded window of recent frames is kept, so a chunk costs the same however long the rollout
         targets = path.c2w[done:done + chunk]
         m, c = min(MOSAIC_FRAMES, len(rgb)), min(CONTEXT_FRAMES, len(rgb))
-        mosaic = warp_frames(rgb[-m:], dep[-m:], path.c2w[done - m:done], path.K, targets).fill_holes(rgb[-1], dep[-1])
+        sources = (rgb[-m:], dep[-m:], path.c2w[done - m:done])
+        if done > known:
+            # warp_frames gives the last source priority, so the observed anchor goes last
+            sources = tuple(torch.cat([recent, observed]) for recent, observed in zip(sources, anchor))
+        mosaic = warp_frames(*sources, path.K, targets).fill_holes(rgb[-1], dep[-1])
         encoded = sample_chunk(model, encode_rgbd(rgb[-c:], dep[-c:]), path.c2w[done - c:done], targets, path.K,
                                mosaic, steps, generator, callback=callback)
         out = Chunk(*decode_rgbd(encoded))

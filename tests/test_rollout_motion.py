@@ -4,8 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from memory.camera import CameraPath
 from memory.episode import SAMPLE_EPISODE, read_episode
 from memory.geometry import backward_warp
+from memory.metrics import depth_absrel, psnr
 from memory.paths import parse_moves
 from memory.world_model import DEFAULT_MODEL, load_world_model, navigate
 
@@ -51,3 +53,21 @@ def test_generated_motion_matches_the_camera_motion(rollout, segment, frames):
     mean = {m: sum(v) / len(v) for m, v in errors.items() if v}
     assert mean["true"] < mean["none"], (segment, mean)
     assert mean["true"] < mean["reversed"], (segment, mean)
+
+
+@pytest.mark.parametrize("start", [0, 40])
+def test_rollout_finds_the_initial_view_again_when_the_camera_returns(start):
+    """Out 7 frames along the sample episode's cameras and back: the last frame, at the initial camera, is the initial frame.
+
+    Without the initial frame in every chunk's mosaic (only the latest generated frame warped) this
+    scored 17.6 and 20.9 dB; with it 31.0 and 29.0 dB (embedded model, step 13333).
+    """
+    episode = read_episode(SAMPLE_EPISODE)
+    cameras = list(range(start, start + 8)) + list(range(start + 6, start - 1, -1))
+    path = CameraPath(episode.c2w[cameras], episode.K, episode.height, episode.width)
+    first = episode.rgb[start:start + 1].float() / 255
+    chunks = list(navigate(load_world_model(DEFAULT_MODEL), first, episode.depth[start:start + 1], path))
+    rgb, depth = torch.cat([c.rgb for c in chunks]), torch.cat([c.depth for c in chunks])
+    assert len(rgb) == len(path)
+    assert float(psnr(rgb[-1:], first)) > 25.0
+    assert float(depth_absrel(depth[-1:], episode.depth[start:start + 1])) < 0.1
