@@ -57,6 +57,8 @@ def test_next_chunk_quick_writes_finite_metrics(untrained_model, tmp_path, monke
         assert math.isfinite(result[key]), key
     assert result["windows"] == 2 and result["steps"] == 2 and result["chunk"] == 4
     assert result["frames"] == 2 * PREDICT
+    assert len(result["depth_absrel_by_window"]) == 2
+    assert sum(result["depth_absrel_by_window"]) / 2 == pytest.approx(result["depth_absrel"], rel=1e-5)
     assert list(result["by_simulator"]) == ["memory-maze MemoryMaze-9x9 (target_color_in_image=False)"]
     # A stepping walker's warp of the last frame beats repeating it. Geometry first: an untrained network
     # (zero-initialised correction) returns its mosaic, the latest frame warped with holes repeated,
