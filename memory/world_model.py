@@ -16,8 +16,8 @@ from .rgbd import decode_rgbd, encode_rgbd
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "mosaic_dit"
 CONTEXT_FRAMES = 2
-# The base model's mosaic: the latest frame warped (older generated frames measured 1 dB worse, stale
-# view-dependent shading), under the last initial frame (see navigate).
+# The base model's mosaic: the latest frame warped (older frames measured 1 dB worse, stale view-dependent
+# shading), plus the last initial frame on top of it in rollouts (see navigate).
 MOSAIC_FRAMES = 1
 # One DDIM step from the last timestep is the model's mean prediction: on held-out episodes it scored
 # higher PSNR than 2 steps (22.5 vs 22.3 dB at training step 2300) and is the fastest. Raise it for
@@ -108,8 +108,8 @@ def navigate(model: WorldModel, frames: torch.Tensor, depth: torch.Tensor | None
 
     Yields the given frames (with depth, predicted if ``depth`` is None) and then each generated chunk,
     so a caller that stops early keeps everything finished. Each chunk sees the last CONTEXT_FRAMES
-    frames as context and, warped into its cameras, the last MOSAIC_FRAMES frames under the last
-    initial frame: cost per chunk is constant. The initial frame is an observation, a generated frame's
+    frames as context and, warped into its cameras, the last MOSAIC_FRAMES frames with the last initial
+    frame on top: cost per chunk is constant. The initial frame is an observation, a generated frame's
     depth is partly a guess, so the initial frame takes priority wherever it is visible (and is found
     again when the camera comes back).
     """

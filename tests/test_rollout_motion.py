@@ -15,12 +15,17 @@ MOVES = "turn_left 90; forward 1; turn_right 90; forward 1; turn_right 75"
 
 
 @pytest.fixture(scope="module")
-def rollout():
+def model():
+    """The embedded default world model, loaded once for the module."""
+    return load_world_model(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="module")
+def rollout(model):
     """64 frames generated from the sample episode's last frame along MOVES."""
     episode = read_episode(SAMPLE_EPISODE)
     path = parse_moves(MOVES, start_c2w=episode.c2w[-1], K=episode.K, height=64, width=64, step_m=0.1, step_deg=6.0)
     assert len(path) == 64
-    model = load_world_model(DEFAULT_MODEL)
     torch.manual_seed(0)
     chunks = list(navigate(model, episode.rgb[-1:].float() / 255, episode.depth[-1:], path))
     return torch.cat([c.rgb for c in chunks]), torch.cat([c.depth for c in chunks]), path
@@ -56,7 +61,7 @@ def test_generated_motion_matches_the_camera_motion(rollout, segment, frames):
 
 
 @pytest.mark.parametrize("start", [0, 40])
-def test_rollout_finds_the_initial_view_again_when_the_camera_returns(start):
+def test_rollout_finds_the_initial_view_again_when_the_camera_returns(model, start):
     """Out 7 frames along the sample episode's cameras and back: the last frame, at the initial camera, is the initial frame.
 
     Without the initial frame in every chunk's mosaic (only the latest generated frame warped) this
@@ -66,7 +71,7 @@ def test_rollout_finds_the_initial_view_again_when_the_camera_returns(start):
     cameras = list(range(start, start + 8)) + list(range(start + 6, start - 1, -1))
     path = CameraPath(episode.c2w[cameras], episode.K, episode.height, episode.width)
     first = episode.rgb[start:start + 1].float() / 255
-    chunks = list(navigate(load_world_model(DEFAULT_MODEL), first, episode.depth[start:start + 1], path))
+    chunks = list(navigate(model, first, episode.depth[start:start + 1], path))
     rgb, depth = torch.cat([c.rgb for c in chunks]), torch.cat([c.depth for c in chunks])
     assert len(rgb) == len(path)
     assert float(psnr(rgb[-1:], first)) > 25.0
