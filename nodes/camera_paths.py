@@ -59,7 +59,7 @@ class CameraPathText(io.ComfyNode):
                 *view_inputs(),
                 reference_input(),
             ],
-            outputs=[CameraPathType.Output("camera_path", tooltip="The camera path.")],
+            outputs=[CameraPathType.Output("camera_path", display_name="camera_path", tooltip="The camera path.")],
         )
 
     @classmethod
@@ -89,7 +89,7 @@ class CameraPathKeyframes(io.ComfyNode):
                 *view_inputs(),
                 reference_input(),
             ],
-            outputs=[CameraPathType.Output("camera_path", tooltip="The camera path.")],
+            outputs=[CameraPathType.Output("camera_path", display_name="camera_path", tooltip="The camera path.")],
         )
 
     @classmethod
@@ -124,7 +124,7 @@ class CameraPathOrbit(io.ComfyNode):
                 *view_inputs(),
                 reference_input(),
             ],
-            outputs=[CameraPathType.Output("camera_path", tooltip="The camera path.")],
+            outputs=[CameraPathType.Output("camera_path", display_name="camera_path", tooltip="The camera path.")],
         )
 
     @classmethod
@@ -149,7 +149,7 @@ class CameraPathFromJSON(io.ComfyNode):
             description="Reads a 'come-camera-path/1' JSON document (as written by Camera Path to JSON).",
             inputs=[io.String.Input("json", multiline=True, default="",
                                     tooltip="The JSON text of a camera path (format come-camera-path/1).")],
-            outputs=[CameraPathType.Output("camera_path", tooltip="The camera path.")],
+            outputs=[CameraPathType.Output("camera_path", display_name="camera_path", tooltip="The camera path.")],
         )
 
     @classmethod
@@ -168,7 +168,7 @@ class CameraPathToJSON(io.ComfyNode):
             category=SUBCATEGORY,
             description="Writes a camera path as 'come-camera-path/1' JSON text, e.g. to save or share it.",
             inputs=[CameraPathType.Input("camera_path", tooltip="The camera path to export.")],
-            outputs=[io.String.Output("json", tooltip="The JSON text.")],
+            outputs=[io.String.Output("json", display_name="json", tooltip="The JSON text.")],
         )
 
     @classmethod

@@ -29,7 +29,7 @@ class DepthFromImage(io.ComfyNode):
                                  tooltip="On: the image is inverse depth (white = near), as most estimators output. "
                                  "Off: linear depth (white = far)."),
             ],
-            outputs=[DepthType.Output("metric_depth", tooltip="Metric z-depth in metres.")],
+            outputs=[DepthType.Output("metric_depth", display_name="metric_depth", tooltip="Metric z-depth in metres.")],
         )
 
     @classmethod

@@ -8,7 +8,7 @@ from ..memory.camera import CameraPath
 from ..memory.edits import delete, duplicate, keep_only, move, select_box, select_frames, select_mask, select_sphere
 from ..memory.patch_memory import PatchMemory
 from .patch_memory import SUBCATEGORY, transform_from_widgets, transform_inputs
-from .types import CameraPathType, PatchMemoryType
+from .types import CameraPathType, PatchMemoryType, check_options
 
 OPERATIONS = ["delete", "keep_only", "duplicate", "move"]
 SELECTIONS = ["box", "sphere", "frames", "mask", "all"]
@@ -54,7 +54,7 @@ class EditPatchMemory(io.ComfyNode):
                 io.Int.Input("mask_frame", default=0, min=0, max=100000, optional=True,
                              tooltip="mask selection: which camera of mask_camera (and which mask of a batch) to use."),
             ],
-            outputs=[PatchMemoryType.Output("edited_memory", tooltip="The edited memory.")],
+            outputs=[PatchMemoryType.Output("edited_memory", display_name="edited_memory", tooltip="The edited memory.")],
         )
 
     @classmethod
@@ -62,6 +62,7 @@ class EditPatchMemory(io.ComfyNode):
                 center_z: float, size_x: float, size_y: float, size_z: float, radius: float, first_frame: int,
                 last_frame: int, mask: torch.Tensor | None = None, mask_camera: CameraPath | None = None,
                 mask_frame: int = 0, **transform: float) -> io.NodeOutput:
+        check_options(cls, operation=operation, selection=selection)
         center = torch.tensor([center_x, center_y, center_z])
         half = torch.tensor([size_x, size_y, size_z]) / 2
         if selection == "box":

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from ..memory.depth import DepthMaps, depth_to_image
 from ..memory.episode import SAMPLE_EPISODE, read_episode
 from ..memory.files import confined_path
-from .types import CATEGORY, CameraPathType, DepthType
+from .types import CATEGORY, CameraPathType, DepthType, check_options
 
 EPISODE_FOLDER = "episodes"
 
@@ -45,16 +45,17 @@ class LoadEpisode(io.ComfyNode):
                                ".safetensors file from input/episodes/."),
             ],
             outputs=[
-                io.Image.Output("frames", tooltip="All frames of the episode as an IMAGE batch."),
-                io.Image.Output("depth", tooltip="Depth for display (inverse depth, white = near)."),
-                CameraPathType.Output("camera_path", tooltip="The recorded cameras (poses, intrinsics, size)."),
-                DepthType.Output("metric_depth", tooltip="Metric z-depth in metres, for building a patch memory."),
-                io.Int.Output("context_frames", tooltip="How many leading frames are observed history."),
+                io.Image.Output("frames", display_name="frames", tooltip="All frames of the episode as an IMAGE batch."),
+                io.Image.Output("depth", display_name="depth", tooltip="Depth for display (inverse depth, white = near)."),
+                CameraPathType.Output("camera_path", display_name="camera_path", tooltip="The recorded cameras (poses, intrinsics, size)."),
+                DepthType.Output("metric_depth", display_name="metric_depth", tooltip="Metric z-depth in metres, for building a patch memory."),
+                io.Int.Output("context_frames", display_name="context_frames", tooltip="How many leading frames are observed history."),
             ],
         )
 
     @classmethod
     def execute(cls, episode: str) -> io.NodeOutput:
+        check_options(cls, episode=episode)
         ep = read_episode(resolve_episode(episode))
         frames = ep.rgb.float() / 255.0
         return io.NodeOutput(frames, depth_to_image(ep.depth), ep.cameras, DepthMaps(ep.depth), ep.context_frames)

@@ -12,7 +12,7 @@ from ..memory.glb import export_glb
 from ..memory.patch_memory import PatchMemory, load_memory, save_memory
 from ..memory.topdown import top_down_map
 from .patch_memory import SUBCATEGORY
-from .types import CameraPathType, PatchMemoryType, output_file
+from .types import CameraPathType, PatchMemoryType, check_options, output_file
 
 MEMORY_FOLDER = "patch_memories"
 
@@ -43,7 +43,7 @@ class SavePatchMemory(io.ComfyNode):
                 io.String.Input("filename_prefix", default=f"{MEMORY_FOLDER}/memory",
                                 tooltip="Name inside the output folder; a counter is appended. No '..' or absolute paths."),
             ],
-            outputs=[io.String.Output("path", tooltip="The saved file, relative to the output folder.")],
+            outputs=[io.String.Output("path", display_name="path", tooltip="The saved file, relative to the output folder.")],
         )
 
     @classmethod
@@ -67,11 +67,12 @@ class LoadPatchMemory(io.ComfyNode):
                 io.Combo.Input("memory_file", options=memory_choices(),
                                tooltip="A file written by Save Patch Memory (output) or copied to input/patch_memories/."),
             ],
-            outputs=[PatchMemoryType.Output("memory", tooltip="The loaded memory.")],
+            outputs=[PatchMemoryType.Output("memory", display_name="memory", tooltip="The loaded memory.")],
         )
 
     @classmethod
     def execute(cls, memory_file: str) -> io.NodeOutput:
+        check_options(cls, memory_file=memory_file)
         name, _, kind = memory_file.rpartition(" [")
         roots = {"input]": folder_paths.get_input_directory(), "output]": folder_paths.get_output_directory()}
         if kind not in roots:
@@ -98,7 +99,7 @@ class PatchMemoryTo3D(io.ComfyNode):
                 io.Int.Input("max_points", default=200000, min=1000, max=10000000,
                              tooltip="Points are subsampled evenly above this count to keep the file light."),
             ],
-            outputs=[io.String.Output("model_file", tooltip="The .glb file relative to the output folder (for Preview 3D).")],
+            outputs=[io.String.Output("model_file", display_name="model_file", tooltip="The .glb file relative to the output folder (for Preview 3D).")],
         )
 
     @classmethod
@@ -126,7 +127,7 @@ class PatchMemoryMap(io.ComfyNode):
                 CameraPathType.Input("camera_path", optional=True, tooltip="A camera path to draw (optional)."),
                 CameraPathType.Input("camera_path_2", optional=True, tooltip="A second camera path, e.g. the new route."),
             ],
-            outputs=[io.Image.Output("map", tooltip="The top-down map.")],
+            outputs=[io.Image.Output("map", display_name="map", tooltip="The top-down map.")],
         )
 
     @classmethod

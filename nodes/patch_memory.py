@@ -51,7 +51,7 @@ class BuildPatchMemory(io.ComfyNode):
                 PatchMemoryType.Input("base_memory", optional=True,
                                       tooltip="Optional memory to add the frames to (a new one is made if not connected)."),
             ],
-            outputs=[PatchMemoryType.Output("memory", tooltip="The patch memory.")],
+            outputs=[PatchMemoryType.Output("memory", display_name="memory", tooltip="The patch memory.")],
         )
 
     @classmethod
@@ -93,10 +93,10 @@ class RenderPatchMemory(io.ComfyNode):
                                tooltip="Patches farther than this from the camera (metres) are skipped."),
             ],
             outputs=[
-                io.Image.Output("images", tooltip="Rendered frames (black where the memory has nothing)."),
-                io.Mask.Output("mask", tooltip="Coverage: 1 where the memory rendered a pixel."),
-                io.Image.Output("depth", tooltip="Rendered depth for display (inverse depth, white = near)."),
-                DepthType.Output("metric_depth", tooltip="Rendered metric z-depth (0 = not covered)."),
+                io.Image.Output("images", display_name="images", tooltip="Rendered frames (black where the memory has nothing)."),
+                io.Mask.Output("mask", display_name="mask", tooltip="Coverage: 1 where the memory rendered a pixel."),
+                io.Image.Output("depth", display_name="depth", tooltip="Rendered depth for display (inverse depth, white = near)."),
+                DepthType.Output("metric_depth", display_name="metric_depth", tooltip="Rendered metric z-depth (0 = not covered)."),
             ],
         )
 
@@ -125,7 +125,7 @@ class MergePatchMemories(io.ComfyNode):
                 PatchMemoryType.Input("memory_b", tooltip="The memory placed into A by the transform."),
                 *transform_inputs(),
             ],
-            outputs=[PatchMemoryType.Output("memory", tooltip="The merged memory.")],
+            outputs=[PatchMemoryType.Output("memory", display_name="memory", tooltip="The merged memory.")],
         )
 
     @classmethod

@@ -60,6 +60,21 @@ def until_interrupted(items: Iterable[T], total: int, what: str, progress: Progr
     return done
 
 
+def check_options(node: type[io.ComfyNode], **values: str) -> None:
+    """ValueError naming the combo input whose value is not one of the node's current options.
+
+    This ComfyUI version does not check combo values of V3 nodes, so an API prompt or an edited
+    workflow could otherwise reach a node with a value it never offered.
+    """
+    offered = {spec.id: spec.options for spec in node.define_schema().inputs if isinstance(spec, io.Combo.Input)}
+    for name, value in values.items():
+        options = offered[name]
+        if not isinstance(value, str) or value not in options:
+            shown = ", ".join(repr(o) for o in options[:8]) + (", ..." if len(options) > 8 else "")
+            raise ValueError(f"{name}: {value!r} is not one of the offered options ({shown or 'none'}); "
+                             "pick a value from the list (refresh the node if a file was added).")
+
+
 def output_file(filename_prefix: str, extension: str) -> tuple[Path, str]:
     """A new numbered file ``prefix_00001_.ext`` inside ComfyUI's output folder and its path relative to that folder."""
     root = Path(folder_paths.get_output_directory())

@@ -14,7 +14,7 @@ from ..memory.camera import CameraPath
 from ..memory.depth import DepthMaps, depth_to_image
 from ..memory.files import confined_path
 from ..memory.world_model import DEFAULT_MODEL, DEFAULT_STEPS, WorldModel, load_world_model, navigate
-from .types import CATEGORY, CameraPathType, DepthType, Progress, WorldModelType, until_interrupted
+from .types import CATEGORY, CameraPathType, DepthType, Progress, WorldModelType, check_options, until_interrupted
 
 SUBCATEGORY = f"{CATEGORY}/world model"
 MODEL_FOLDER = "world_models"
@@ -68,11 +68,12 @@ class LoadWorldModel(io.ComfyNode):
                 io.Combo.Input("device", options=["auto", "cpu"], default="auto",
                                tooltip="auto: ComfyUI's compute device (a GPU if present); cpu: always the CPU."),
             ],
-            outputs=[WorldModelType.Output("world_model", tooltip="The loaded world model.")],
+            outputs=[WorldModelType.Output("world_model", display_name="world_model", tooltip="The loaded world model.")],
         )
 
     @classmethod
     def execute(cls, model: str, dtype: str, device: str) -> io.NodeOutput:
+        check_options(cls, model=model, dtype=dtype, device=device)
         target = comfy.model_management.get_torch_device() if device == "auto" else torch.device("cpu")
         return io.NodeOutput(load_world_model(resolve_model(model), DTYPES[dtype], target))
 
@@ -112,11 +113,11 @@ class Navigate(io.ComfyNode):
                                 "predicted by the model if not connected."),
             ],
             outputs=[
-                io.Image.Output("frames", tooltip="All frames: the initial frames, then the generated ones."),
-                io.Image.Output("depth", tooltip="Depth of every frame for display (inverse depth, white = near)."),
-                CameraPathType.Output("covered_path", tooltip="The cameras of the returned frames (shorter than the "
+                io.Image.Output("frames", display_name="frames", tooltip="All frames: the initial frames, then the generated ones."),
+                io.Image.Output("depth", display_name="depth", tooltip="Depth of every frame for display (inverse depth, white = near)."),
+                CameraPathType.Output("covered_path", display_name="covered_path", tooltip="The cameras of the returned frames (shorter than the "
                                       "input path if cancelled)."),
-                DepthType.Output("metric_depth", tooltip="Metric z-depth of every frame, e.g. for a patch memory."),
+                DepthType.Output("metric_depth", display_name="metric_depth", tooltip="Metric z-depth of every frame, e.g. for a patch memory."),
             ],
         )
 

@@ -48,6 +48,10 @@ def test_every_node_is_prefixed_categorised_and_documented(comfy):
         assert schema.description, node_id
         for spec in schema.inputs:
             assert spec.tooltip, f"{node_id}.{spec.id} has no tooltip"
+        for spec in schema.outputs:
+            assert spec.display_name == spec.id, f"{node_id} output {spec.id} shows as a bare type"
+        # what the frontend labels the sockets with: names, not types such as IMAGE or COME_DEPTH
+        assert list(cls.RETURN_NAMES) == [spec.id for spec in schema.outputs], node_id
 
 
 def test_load_episode_outputs(episode):
