@@ -1,0 +1,63 @@
+"""Documented limits on how much work one input may ask for, and the checks of image batches entering the engine.
+
+Every limit is far above what a navigation or scene-editing job needs on a GPU, and low enough that
+a typo (``forward 1e6``, a 1e9-pixel size) is refused at once instead of freezing ComfyUI or
+exhausting memory. Checks raise ``ValueError`` naming the node input (``name``) and the limit.
+"""
+from __future__ import annotations
+
+import torch
+
+MAX_PATH_FRAMES = 100_000          # cameras in one path (about 55 min of video at 30 fps)
+MAX_IMAGE_SIDE = 4096              # pixels along either side of a frame or rendering
+MAX_IMAGE_PIXELS = 4096 * 4096     # pixels of one frame
+MAX_TEXT_CHARS = 1_000_000         # characters of a moves or keyframes text
+MAX_COMMANDS = 10_000              # moves or keyframes in one text
+MAX_JSON_CHARS = 32_000_000        # characters of a JSON document (a 100k-frame path is ~20 MB)
+MAX_JSON_DEPTH = 8                 # nesting of a JSON document (a camera path needs 4)
+MAX_PATCHES = 10_000_000           # patches in one memory (4.2 GB at 416 bytes each)
+MAX_STEPS = 1000                   # denoising steps per chunk (the training schedule's length)
+MAX_SEED = 0xFFFFFFFFFFFFFFFF      # ComfyUI's seed range is 0..2**64-1
+
+
+def check_count(value: object, name: str, low: int, high: int, what: str = "") -> int:
+    """``value`` as an int within ``low..high``, else a ValueError naming ``name`` and the range."""
+    if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, float) and value.is_integer()):
+        raise ValueError(f"{name}: must be a whole number{what and ' of ' + what}, got {value!r}.")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{name}: {int(value)} is outside the allowed range {low}..{high}{what and ' ' + what}; "
+                         f"choose a value in that range.")
+    return int(value)
+
+
+def check_image_size(height: int, width: int, name: str) -> None:
+    """ValueError naming ``name`` unless height and width are positive and within the image limits."""
+    for side, value in (("height", height), ("width", width)):
+        check_count(value, f"{name} ({side})", 1, MAX_IMAGE_SIDE, "pixels")
+    if height * width > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{name}: {height}x{width} pixels is more than the limit of {MAX_IMAGE_PIXELS} pixels "
+                         "per frame; use a smaller size.")
+
+
+def check_frames(frames: object, name: str) -> torch.Tensor:
+    """An IMAGE batch [T,H,W,3] of finite values in 0..1, else a ValueError naming ``name`` and the fix."""
+    if not isinstance(frames, torch.Tensor):
+        raise ValueError(f"{name}: expected an IMAGE (a [T,H,W,3] tensor), got {type(frames).__name__}; "
+                         "connect an IMAGE output.")
+    if frames.ndim != 4 or frames.shape[0] == 0:
+        raise ValueError(f"{name}: expected an IMAGE batch [T,H,W,3] with at least one frame, "
+                         f"got shape {list(frames.shape)}.")
+    if frames.shape[-1] != 3:
+        raise ValueError(f"{name}: frames have {frames.shape[-1]} channels, 3 (RGB) are needed; drop the alpha "
+                         "channel or convert the image to RGB first.")
+    check_image_size(int(frames.shape[1]), int(frames.shape[2]), name)
+    if not frames.is_floating_point():
+        raise ValueError(f"{name}: frames must be float values in 0..1, got dtype {frames.dtype}.")
+    values = frames.float()
+    if not torch.isfinite(values).all():
+        raise ValueError(f"{name}: frames contain NaN or inf pixels; fix the node that made them.")
+    if values.min() < 0 or values.max() > 1:
+        raise ValueError(f"{name}: pixel values must lie in 0..1, got {float(values.min()):.3g}.."
+                         f"{float(values.max()):.3g}; clamp or normalise the frames first.")
+    return values
+
