@@ -93,7 +93,8 @@ def sample_chunk(model: WorldModel, context: torch.Tensor, context_c2w: torch.Te
         for i, t in enumerate(scheduler.timesteps):
             timesteps = torch.cat([torch.zeros(len(context)), torch.full((len(target_c2w),), float(t))])[None]
             sample = torch.cat([context, x])[None]
-            prediction = net(sample.to(**as_net), timesteps.to(**as_net), cond[None].to(**as_net),
+            # timesteps stay float32: bfloat16 cannot tell 999 from 1000, and the network embeds them in float32
+            prediction = net(sample.to(**as_net), timesteps.to(model.device), cond[None].to(**as_net),
                              rays[None].to(**as_net))[0, len(context):].float().cpu()
             x = scheduler.step(prediction, t, x).prev_sample
             if callback is not None:

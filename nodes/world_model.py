@@ -73,7 +73,8 @@ class LoadWorldModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: str, dtype: str, device: str) -> io.NodeOutput:
-        check_options(cls, model=model, dtype=dtype, device=device)
+        # model names are checked by resolve_model, whose errors say why a folder is not usable
+        check_options(cls, dtype=dtype, device=device)
         target = comfy.model_management.get_torch_device() if device == "auto" else torch.device("cpu")
         return io.NodeOutput(load_world_model(resolve_model(model), DTYPES[dtype], target))
 

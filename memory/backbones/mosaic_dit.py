@@ -136,7 +136,8 @@ class MosaicDiT(ModelMixin, ConfigMixin):
             x = torch.cat([x, self.token_embed(mosaic_tokens)], 1)
             positions = torch.cat([positions, mosaic_positions.float()], 1)
             t = torch.cat([t, torch.zeros(mosaic_tokens.shape[:2], device=t.device)], 1)
-        cond = self.time_mlp(timestep_embedding(t, self.config.hidden_size))
+        # the embedding is computed in float32 for precision, then runs in the weights' dtype (bf16/fp16 too)
+        cond = self.time_mlp(timestep_embedding(t, self.config.hidden_size).to(x.dtype))
         angles = rope_angles(positions, tuple(self.config.rope_dims), self.config.rope_theta)[:, None]
         rotation = (angles.cos().to(x.dtype), angles.sin().to(x.dtype))
         for block in self.blocks:
