@@ -6,6 +6,9 @@ exhausting memory. Checks raise ``ValueError`` naming the node input (``name``) 
 """
 from __future__ import annotations
 
+import json
+import re
+
 import torch
 
 MAX_PATH_FRAMES = 100_000          # cameras in one path (about 55 min of video at 30 fps)
@@ -18,6 +21,9 @@ MAX_JSON_DEPTH = 8                 # nesting of a JSON document (a camera path n
 MAX_PATCHES = 10_000_000           # patches in one memory (4.2 GB at 416 bytes each)
 MAX_STEPS = 1000                   # denoising steps per chunk (the training schedule's length)
 MAX_SEED = 0xFFFFFFFFFFFFFFFF      # ComfyUI's seed range is 0..2**64-1
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')  # JSON strings, whose brackets do not nest
+_BRACKETS = re.compile(r"[\[\]{}]")
 
 
 def check_count(value: object, name: str, low: int, high: int, what: str = "") -> int:
@@ -61,3 +67,23 @@ def check_frames(frames: object, name: str) -> torch.Tensor:
                          f"{float(values.max()):.3g}; clamp or normalise the frames first.")
     return values
 
+
+
+def parse_json(text: object, name: str) -> object:
+    """JSON ``text`` parsed after its size and nesting were checked, so a huge or deep document cannot stall a node."""
+    if not isinstance(text, str):
+        raise ValueError(f"{name}: expected JSON text, got {type(text).__name__}.")
+    if len(text) > MAX_JSON_CHARS:
+        raise ValueError(f"{name}: {len(text)} characters is more than the limit of {MAX_JSON_CHARS}; "
+                         "give a smaller document.")
+    depth = deepest = 0
+    for bracket in _BRACKETS.findall(_STRINGS.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    if deepest > MAX_JSON_DEPTH:
+        raise ValueError(f"{name}: JSON nested {deepest} levels deep, more than the limit of {MAX_JSON_DEPTH}; "
+                         "give a flat document of the expected format.")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{name}: not valid JSON ({err}); give the text this pack writes.") from None

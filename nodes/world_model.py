@@ -1,7 +1,6 @@
 """Load a world model (the embedded default or a folder from models/world_models/) and navigate with it."""
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from comfy_api.latest import io
 from ..memory.camera import CameraPath
 from ..memory.depth import DepthMaps, depth_to_image
 from ..memory.files import confined_path
-from ..memory.world_model import DEFAULT_MODEL, DEFAULT_STEPS, WorldModel, load_world_model, navigate
+from ..memory.world_model import DEFAULT_MODEL, DEFAULT_STEPS, WorldModel, load_world_model, navigate, rollout_steps
 from .types import CATEGORY, CameraPathType, DepthType, Progress, WorldModelType, check_options, until_interrupted
 
 SUBCATEGORY = f"{CATEGORY}/world model"
@@ -125,27 +124,18 @@ class Navigate(io.ComfyNode):
     @classmethod
     def execute(cls, world_model: WorldModel, initial_frames: torch.Tensor, camera_path: CameraPath, chunk_size: int,
                 steps: int, seed: int, initial_depth: DepthMaps | None = None) -> io.NodeOutput:
-        frames = initial_frames[..., :3]
-        check_inputs(world_model, frames, camera_path, initial_depth)
-        chunks = math.ceil((len(camera_path) - len(frames)) / chunk_size) + (initial_depth is None)
-        total = steps * chunks
-        progress = Progress(total)
+        if not isinstance(world_model, WorldModel):
+            raise ValueError(f"world_model: expected the output of Load World Model, got {type(world_model).__name__}.")
+        if not isinstance(camera_path, CameraPath):
+            raise ValueError(f"camera_path: expected a camera path, got {type(camera_path).__name__}.")
         depth = None if initial_depth is None else initial_depth.metres
-        rollout = navigate(world_model, frames, depth, camera_path, chunk=chunk_size, steps=steps, seed=seed,
-                           callback=progress.step)
+        # navigate checks its inputs now and runs lazily, so the bar it ticks can be sized by the checked inputs
+        rollout = navigate(world_model, initial_frames, depth, camera_path, chunk=chunk_size, steps=steps, seed=seed,
+                           callback=lambda _: progress.step())
+        total = rollout_steps(len(initial_frames), len(camera_path), chunk_size, steps, depth is not None)
+        progress = Progress(total)
         done = until_interrupted(rollout, total, "navigation", progress)
         rgb = torch.cat([c.rgb for c in done])
         metres = torch.cat([c.depth for c in done])
         return io.NodeOutput(rgb, depth_to_image(metres), camera_path.slice(0, len(rgb)), DepthMaps(metres))
 
-
-def check_inputs(model: WorldModel, frames: torch.Tensor, path: CameraPath, depth: DepthMaps | None) -> None:
-    """ValueErrors naming the node input for what the engine would reject less clearly or too late."""
-    patch = model.network.config.patch_size
-    if path.height % patch or path.width % patch:
-        raise ValueError(f"camera_path: image size {path.height}x{path.width} is not a multiple of the model's "
-                         f"patch size {patch}; set the path's width and height to multiples of {patch}.")
-    if depth is not None and tuple(depth.metres.shape) != tuple(frames.shape[:3]):
-        raise ValueError(f"initial_depth: {tuple(depth.metres.shape)} (count, height, width) does not match "
-                         f"initial_frames {tuple(frames.shape[:3])}; give one depth map per initial frame at "
-                         "their size, or leave initial_depth unconnected to predict it.")
