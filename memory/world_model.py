@@ -70,8 +70,9 @@ def load_world_model(folder: str | Path = DEFAULT_MODEL, dtype: torch.dtype = to
         # built without memory, only to learn which tensors the config needs
         network = MosaicDiT.from_config(config)
     expected = {name: tuple(t.shape) for name, t in network.state_dict().items()}
-    network.load_state_dict(read_weights(folder, expected), strict=True, assign=True)
-    return WorldModel(network.to(device=device, dtype=dtype).eval(), folder.name)
+    weights = {name: tensor.to(dtype) for name, tensor in read_weights(folder, expected).items()}
+    network.load_state_dict(weights, strict=True, assign=True)
+    return WorldModel(network.to(device).eval(), folder.name)
 
 
 def read_config(folder: Path) -> dict:
@@ -139,7 +140,7 @@ def read_weights(folder: Path, expected: dict[str, tuple]) -> dict[str, torch.Te
         if not torch.isfinite(tensor).all():
             raise ValueError(f"model: weight {name} in {folder} holds NaN or inf; the file is damaged or the "
                              "training diverged.")
-    return {name: tensor.float() for name, tensor in tensors.items()}
+    return tensors
 
 
 def sample_chunk(model: WorldModel, context: torch.Tensor, context_c2w: torch.Tensor, target_c2w: torch.Tensor,
