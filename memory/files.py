@@ -10,13 +10,17 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+# a saved name adds '_00001_.' and an extension of up to 11 characters to the prefix's last part (NAME_MAX 255)
+MAX_NAME_BYTES = 236
+MAX_PREFIX_BYTES = 1024
+
 
 def confined_path(folder: str | os.PathLike, name: str, input_name: str = "filename") -> Path:
     """``folder/name`` resolved, or ``ValueError`` if ``name`` is absolute, has ``..`` or escapes ``folder`` via a symlink."""
     if not name or not str(name).strip():
         raise ValueError(f"{input_name}: empty file name; give a name such as 'scene/memory.safetensors'.")
     raw = Path(name)
-    if raw.is_absolute() or name.startswith(("/", "\\")) or ":" in raw.parts[0]:
+    if raw.is_absolute() or name.startswith(("/", "\\")) or (raw.parts and ":" in raw.parts[0]):
         raise ValueError(f"{input_name}: '{name}' is an absolute path; give a name relative to {folder}.")
     if ".." in raw.parts:
         raise ValueError(f"{input_name}: '{name}' contains '..'; give a name inside {folder} without '..'.")
@@ -28,6 +32,31 @@ def confined_path(folder: str | os.PathLike, name: str, input_name: str = "filen
             "choose a name inside the folder."
         )
     return target
+
+
+def check_prefix(prefix: object, folder: str | os.PathLike, input_name: str = "filename_prefix") -> str:
+    """``prefix`` if it names new files inside ``folder`` (e.g. ``scenes/memory``), else a ValueError naming the input.
+
+    Refused: empty or dot-only names and parts (``.``, ``./``, ``a/../b``), absolute paths, NUL and other
+    control characters, parts longer than a file system allows, and a path through an existing file.
+    """
+    if not isinstance(prefix, str) or not prefix.strip():
+        raise ValueError(f"{input_name}: give a name such as 'scenes/memory', got {prefix!r}.")
+    if any(ord(c) < 32 for c in prefix):
+        raise ValueError(f"{input_name}: {prefix!r} contains a control character (e.g. NUL); use printable characters.")
+    parts = prefix.replace("\\", "/").split("/")
+    if len(prefix.encode()) > MAX_PREFIX_BYTES or any(len(part.encode()) > MAX_NAME_BYTES for part in parts):
+        raise ValueError(f"{input_name}: {prefix[:40]!r}... is too long (each part at most {MAX_NAME_BYTES} bytes, "
+                         f"all at most {MAX_PREFIX_BYTES}); use a shorter name.")
+    target = confined_path(folder, prefix, input_name)
+    if any(not part.strip(".").strip() for part in parts):
+        raise ValueError(f"{input_name}: {prefix!r} has an empty, '.' or '..' part; give a name like 'scenes/memory' "
+                         "(folders inside the output folder, then a file name).")
+    for parent in target.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{input_name}: {prefix!r} goes through {parent.name}, which is a file, not a folder; "
+                             "choose another folder name.")
+    return prefix
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:

@@ -11,7 +11,7 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..memory.files import confined_path
+from ..memory.files import check_prefix
 
 CameraPathType = io.Custom("COME_CAMERA_PATH")
 PatchMemoryType = io.Custom("COME_PATCH_MEMORY")
@@ -76,16 +76,16 @@ def check_options(node: type[io.ComfyNode], **values: str) -> None:
 
 
 def output_file(filename_prefix: str, extension: str) -> tuple[Path, str]:
-    """A new numbered file ``prefix_00001_.ext`` inside ComfyUI's output folder and its path relative to that folder."""
-    root = Path(folder_paths.get_output_directory())
-    prefix_path = confined_path(root, filename_prefix, "filename_prefix")
-    folder, stem = prefix_path.parent, prefix_path.name
-    folder.mkdir(parents=True, exist_ok=True)
-    counter = 1 + max((_counter_of(p.name, stem) for p in folder.glob(f"{stem}_*_.{extension}")), default=0)
-    path = folder / f"{stem}_{counter:05d}_.{extension}"
-    return path, path.relative_to(root.resolve()).as_posix()
+    """A new file ``prefix_00001_.ext`` in ComfyUI's output folder, numbered by ComfyUI's own counter, and its relative path.
 
-
-def _counter_of(name: str, stem: str) -> int:
-    digits = name[len(stem) + 1:].split("_", 1)[0]
-    return int(digits) if digits.isdigit() else 0
+    The counter is the one ComfyUI's save nodes use; a name that exists anyway (another extension's
+    file, a concurrent save) is skipped, so no save ever replaces an earlier file.
+    """
+    root = folder_paths.get_output_directory()
+    check_prefix(filename_prefix, root)
+    folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)
+    name = f"{stem}_{counter:05d}_.{extension}"
+    while (Path(folder) / name).exists():
+        counter += 1
+        name = f"{stem}_{counter:05d}_.{extension}"
+    return Path(folder) / name, Path(subfolder, name).as_posix()

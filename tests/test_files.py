@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from memory.files import atomic_save_safetensors, confined_path, read_safetensors
+from memory.files import atomic_save_safetensors, check_prefix, confined_path, read_safetensors
 
 
 def test_confined_path_accepts_names_inside_the_folder(tmp_path):
@@ -62,3 +62,18 @@ def test_read_rejects_missing_corrupted_foreign_and_newer_files(tmp_path):
     newer = atomic_save_safetensors({"x": torch.zeros(1)}, tmp_path / "n.safetensors", {"format": "come-test/2"})
     with pytest.raises(ValueError, match="update the pack"):
         read_safetensors(newer, "come-test/1", "memory_file")
+
+
+@pytest.mark.parametrize("prefix", ["memory", "scenes/memory", "run[1]", "take*?", ".hidden", "a b/c d", "%year%/m"])
+def test_check_prefix_accepts_names_inside_the_folder(tmp_path, prefix):
+    assert check_prefix(prefix, tmp_path) == prefix
+
+
+@pytest.mark.parametrize("prefix, reason", [
+    (".", "'.' or '..' part"), ("./", "'.' or '..' part"), ("../x", r"'\.\.'"), ("/abs", "absolute"),
+    ("a\x00b", "control character"), ("n" * 300, "too long"), ("f.txt/m", "which is a file"),
+])
+def test_check_prefix_names_the_input_and_the_reason(tmp_path, prefix, reason):
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(ValueError, match=f"^filename_prefix: .*{reason}"):
+        check_prefix(prefix, tmp_path)

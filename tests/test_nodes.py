@@ -133,6 +133,18 @@ def test_save_rejects_names_outside_the_output_folder(comfy, memory, prefix):
     assert sorted(p.name for p in out.parent.rglob("*")) == before
 
 
+@pytest.mark.parametrize("prefix", ["run[1]", "take*?", "patch_memories/sub[a-z]/m"])
+def test_saves_with_glob_characters_never_overwrite(comfy, memory, prefix):
+    _, out = comfy
+    save = node(comfy, "CoMESavePatchMemory")
+    first = save.execute(memory=memory, filename_prefix=prefix).args[0]
+    content = (out / first).read_bytes()
+    export = node(comfy, "CoMEPatchMemoryTo3D").execute(memory=memory, filename_prefix=prefix, max_points=5000).args[0]
+    second = save.execute(memory=memory, filename_prefix=prefix).args[0]
+    assert len({first, export.rsplit(".", 1)[0], second.rsplit(".", 1)[0]}) == 3, (first, export, second)
+    assert (out / first).read_bytes() == content and (out / second).is_file()
+
+
 def test_save_rejects_a_symlink_out_of_the_output_folder(comfy, memory, tmp_path):
     _, out = comfy
     (out / "linked").symlink_to(tmp_path, target_is_directory=True)
