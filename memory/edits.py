@@ -16,7 +16,7 @@ import torch
 
 from .camera import validate_cameras
 from .geometry import project
-from .patches import PatchMemory
+from .patches import PatchMemory, check_patch_budget
 from .retrieval import render
 
 VISIBILITY_TOL = 0.05
@@ -32,8 +32,8 @@ def select_box(memory: PatchMemory, lo: Sequence[float] | torch.Tensor, hi: Sequ
 
 def select_sphere(memory: PatchMemory, center: Sequence[float] | torch.Tensor, radius: float) -> torch.Tensor:
     """Patches whose centre lies within ``radius`` metres of ``center``."""
-    if radius < 0:
-        raise ValueError(f"radius: must be >= 0 metres, got {radius}.")
+    if not 0 <= radius < math.inf:
+        raise ValueError(f"radius: must be a finite number of metres >= 0, got {radius}.")
     return (memory.centres - _vector(center, "center")).norm(dim=-1) <= radius
 
 
@@ -59,6 +59,8 @@ def select_mask(
     """
     if mask.ndim != 2:
         raise ValueError(f"mask: expected one mask [H,W], got shape {list(mask.shape)}.")
+    if mask.is_floating_point() and not bool(torch.isfinite(mask).all()):
+        raise ValueError("mask: contains NaN or inf; give a mask of 0/1 (or bool) values.")
     if tuple(c2w.shape) != (4, 4):
         raise ValueError(f"c2w: expected one camera pose [4,4], got shape {list(c2w.shape)}.")
     validate_cameras(c2w[None].float(), K.float(), "mask camera")
@@ -95,6 +97,7 @@ def duplicate(memory: PatchMemory, selection: torch.Tensor, transform: torch.Ten
     """The memory plus a copy of the selected patches moved by ``transform`` [4,4], in a new edit group."""
     if _empty(memory, selection, "duplicate"):
         return memory
+    check_patch_budget(len(memory) + int(selection.sum()), "memory", "duplicate fewer patches or delete some first")
     copy = memory.subset(selection).transformed(_rigid(transform))
     copy = PatchMemory(**dict(copy.tensors(), groups=torch.full_like(copy.groups, _next_group(memory))),
                        patch_size=copy.patch_size)
@@ -119,6 +122,7 @@ def merge(a: PatchMemory, b: PatchMemory, b_to_a: torch.Tensor | None = None) ->
     """All patches of ``a`` and of ``b`` placed by ``b_to_a`` [4,4]; b's edit groups are renumbered after a's."""
     if len(b) == 0:
         return a
+    check_patch_budget(len(a) + len(b), "b", "delete patches from the memories first")
     moved = b if b_to_a is None else b.transformed(_rigid(b_to_a))
     offset = _next_group(a) - int(b.groups.min())
     moved = PatchMemory(**dict(moved.tensors(), groups=moved.groups + offset), patch_size=moved.patch_size)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from .camera import CameraPath, validate_cameras, yaw_of
 from .files import atomic_save_safetensors, read_safetensors
 from .geometry import backward_warp
+from .limits import MAX_PATH_FRAMES, MAX_SEED, check_image_size
 
 FORMAT = "come-episode/1"
 # Memory Maze 9x9, 128 frames at 64x64, 64 context frames; rebuilt exactly by
@@ -27,6 +29,9 @@ REVISIT_DISTANCE_M = 1.0
 REVISIT_YAW_DEG = 30.0
 FLOAT16_MAX = 65504.0
 _METADATA_KEYS = ("source", "seed", "context_frames", "description")
+_TENSOR_KEYS = ("rgb", "depth", "c2w", "K", "actions")
+# Metadata integers are plain ASCII decimals: int() alone would also take '٣' or '1_0'.
+_INTEGER = re.compile(r"-?[0-9]{1,4000}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,6 +89,9 @@ def validate_episode(episode: Episode, name: str) -> None:
     if rgb.shape[-1] != 3:
         raise ValueError(f"{name}: rgb must be [T,H,W,3] (channels last, RGB), got shape {list(rgb.shape)}.")
     t, h, w = rgb.shape[:3]
+    if not 1 <= t <= MAX_PATH_FRAMES:
+        raise ValueError(f"{name}: rgb has {t} frames; an episode has 1..{MAX_PATH_FRAMES} frames.")
+    check_image_size(h, w, f"{name}: rgb")
     if depth.shape[0] != t or c2w.shape[0] != t:
         raise ValueError(
             f"{name}: frame counts disagree: rgb has {t}, depth {depth.shape[0]}, c2w {c2w.shape[0]}; "
@@ -116,6 +124,8 @@ def validate_episode(episode: Episode, name: str) -> None:
         value = getattr(episode, field)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ValueError(f"{name}: {field} must be {kind.__name__}, got {type(value).__name__}.")
+    if not 0 <= episode.seed <= MAX_SEED:
+        raise ValueError(f"{name}: seed = {episode.seed} is outside 0..{MAX_SEED} (ComfyUI's seed range).")
     if not 1 <= episode.context_frames < t:
         raise ValueError(
             f"{name}: context_frames = {episode.context_frames} is outside [1, {t}) for a {t}-frame episode; "
@@ -140,20 +150,23 @@ def write_episode(episode: Episode, path: str | os.PathLike) -> Path:
 
 
 def read_episode(path: str | os.PathLike) -> Episode:
-    """Read and validate a ``come-episode/1`` file; errors name the file and the field."""
+    """Read and validate a ``come-episode/1`` file; errors start with ``episode: <path>:`` and name the field."""
     path = Path(path)
     tensors, metadata = read_safetensors(path, FORMAT, "episode")
+    name = f"episode: {path}"
     missing = [k for k in ("rgb", "depth", "c2w", "K") if k not in tensors] + [k for k in _METADATA_KEYS if k not in metadata]
     if missing:
-        raise ValueError(f"{path}: missing {', '.join(missing)}; it is not a complete {FORMAT} file.")
+        raise ValueError(f"{name}: missing {', '.join(missing)}; it is not a complete {FORMAT} file.")
+    unknown = sorted(set(tensors) - set(_TENSOR_KEYS))
+    if unknown:
+        raise ValueError(f"{name}: unexpected tensors {unknown}; {FORMAT} holds only {', '.join(_TENSOR_KEYS)}.")
     if tensors["depth"].dtype != torch.float16:
-        raise ValueError(f"{path}: depth is stored as {tensors['depth'].dtype}, {FORMAT} stores float16; rewrite it with write_episode.")
+        raise ValueError(f"{name}: depth is stored as {tensors['depth'].dtype}, {FORMAT} stores float16; rewrite it with write_episode.")
     numbers = {}
     for key in ("seed", "context_frames"):
-        try:
-            numbers[key] = int(metadata[key])
-        except ValueError:
-            raise ValueError(f"{path}: metadata {key} = '{metadata[key]}' is not an integer.") from None
+        if not _INTEGER.fullmatch(metadata[key]):
+            raise ValueError(f"{name}: metadata {key} = '{metadata[key][:40]}' is not an integer (plain decimal digits).")
+        numbers[key] = int(metadata[key])
     try:
         return Episode(
             rgb=tensors["rgb"], depth=tensors["depth"].float(), c2w=tensors["c2w"], K=tensors["K"],
@@ -161,7 +174,7 @@ def read_episode(path: str | os.PathLike) -> Episode:
             context_frames=numbers["context_frames"], description=metadata["description"],
         )
     except ValueError as err:
-        raise ValueError(f"{path}: {str(err).removeprefix('Episode: ')}") from None
+        raise ValueError(f"{name}: {str(err).replace('Episode (c2w, K)', 'c2w/K').removeprefix('Episode: ')}") from None
 
 
 def _revisit_candidates(episode: Episode) -> torch.Tensor:

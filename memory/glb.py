@@ -16,19 +16,21 @@ import numpy as np
 import torch
 
 from .files import atomic_write
+from .limits import check_count
 
 GLB_MAGIC = 0x46546C67
 JSON_CHUNK = 0x4E4F534A
 BIN_CHUNK = 0x004E4942
 FLOAT, UNSIGNED_BYTE, ARRAY_BUFFER, POINTS_MODE = 5126, 5121, 34962, 0
+# Points in one file at most: 16 bytes each, so 160 MB, about what a browser viewer still loads smoothly.
+MAX_GLB_POINTS = 10_000_000
 
 
 def export_glb(points: torch.Tensor, colors: torch.Tensor, path: str | os.PathLike, max_points: int | None = None) -> Path:
     """Write points [M,3] (z-up world, metres) with sRGB colours [M,3] in 0..1 to ``path`` as .glb; evenly subsampled above ``max_points``."""
     points, colors = _checked(points, colors)
     if max_points is not None:
-        if max_points < 1:
-            raise ValueError(f"max_points: must be at least 1, got {max_points}.")
+        max_points = check_count(max_points, "max_points", 1, MAX_GLB_POINTS, "points")
         if len(points) > max_points:
             index = torch.div(torch.arange(max_points) * len(points), max_points, rounding_mode="floor")
             points, colors = points[index], colors[index]

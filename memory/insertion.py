@@ -27,8 +27,10 @@ import math
 import torch
 
 from .camera import validate_cameras
+from .depth import check_metric_depth
 from .geometry import lift_frame
-from .patches import PatchMemory
+from .limits import check_frames, check_image_size
+from .patches import PatchMemory, check_memory, check_patch_budget
 
 FINENESS_STEPS_PER_OCTAVE = 3
 DIRECTION_BINS = 8
@@ -39,19 +41,23 @@ DEPTH_SPLIT = 0.15
 GRID_OFFSET = 0.382
 _AXIS_BITS = 19
 _LEVEL_BITS = 6
+# What each input of insert_frames is called in errors; a node passes its own input names instead.
+INPUT_NAMES = {"memory": "memory", "rgb": "rgb", "depth": "depth", "c2w": "c2w", "K": "K", "voxel_size": "voxel_size"}
 
 
 def insert_frames(
     memory: PatchMemory, rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
     frame_ids: torch.Tensor | None = None, times: torch.Tensor | None = None, voxel_size: float = 0.05,
-    group: int = 0,
+    group: int = 0, names: dict[str, str] | None = None,
 ) -> PatchMemory:
     """A new memory: ``memory`` plus the patches of frames rgb [T,H,W,3] (uint8 or float 0..1), z-depth [T,H,W], poses [T,4,4], K [3,3].
 
     Frame ids default to continuing after the memory's largest id; times default to the frame ids.
     Patches with no valid depth are dropped; the result is deduplicated (see module docstring).
+    Errors name the inputs by ``names`` (keys of INPUT_NAMES), so a node's errors name its own inputs.
     """
-    rgb8 = _validate_frames(memory, rgb, depth, c2w, K, voxel_size)
+    named = INPUT_NAMES | (names or {})
+    rgb8, depth = _validate_frames(memory, rgb, depth, c2w, K, voxel_size, named)
     count = rgb.shape[0]
     start = int(memory.frame_ids.max()) + 1 if len(memory) else 0
     frame_ids = torch.arange(start, start + count) if frame_ids is None else torch.as_tensor(frame_ids).reshape(-1)
@@ -59,8 +65,10 @@ def insert_frames(
     for name, value in (("frame_ids", frame_ids), ("times", times)):
         if len(value) != count:
             raise ValueError(f"{name}: got {len(value)} values for {count} frames; give one per frame.")
-    new = frames_to_patches(rgb8, depth.float(), c2w.float(), K.float(), frame_ids, times, memory.patch_size, group)
-    return dedupe(memory.concat(new), voxel_size)
+    new = frames_to_patches(rgb8, depth, c2w.float(), K.float(), frame_ids, times, memory.patch_size, group)
+    built = dedupe(memory.concat(new), voxel_size)
+    check_patch_budget(len(built), named["rgb"], "insert fewer frames or start a new memory")
+    return built
 
 
 def frames_to_patches(
@@ -133,8 +141,8 @@ def _depth_layers(tile_depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 def dedupe(memory: PatchMemory, voxel_size: float = 0.05) -> PatchMemory:
     """The memory with redundant patches removed by the module's policy; later patches count as newer."""
-    if voxel_size <= 0:
-        raise ValueError(f"voxel_size: must be positive metres, got {voxel_size}.")
+    if not 0 < voxel_size < math.inf:
+        raise ValueError(f"voxel_size: must be a positive finite number of metres, got {voxel_size}.")
     if len(memory) == 0:
         return memory
     n = len(memory)
@@ -179,38 +187,36 @@ def _group_ids(columns: torch.Tensor) -> torch.Tensor:
 
 def _validate_frames(
     memory: PatchMemory, rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, voxel_size: float,
-) -> torch.Tensor:
-    """``rgb`` as uint8 after checking every input of :func:`insert_frames`; ValueError naming the bad input."""
-    if rgb.ndim != 4 or rgb.shape[-1] != 3:
-        raise ValueError(f"rgb: expected frames [T,H,W,3], got shape {list(rgb.shape)}.")
-    if depth.ndim != 3:
-        raise ValueError(f"depth: expected z-depth maps [T,H,W], got shape {list(depth.shape)}.")
-    if c2w.ndim != 3 or tuple(c2w.shape[1:]) != (4, 4):
-        raise ValueError(f"c2w: expected camera poses [T,4,4], got shape {list(c2w.shape)}.")
+    names: dict[str, str],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rgb as uint8, depth as float32) after checking every input of :func:`insert_frames`; ValueError naming the bad input."""
+    check_memory(memory, names["memory"])
+    if isinstance(rgb, torch.Tensor) and rgb.dtype == torch.uint8:
+        if rgb.ndim != 4 or rgb.shape[-1] != 3:
+            raise ValueError(f"{names['rgb']}: expected frames [T,H,W,3], got shape {list(rgb.shape)}.")
+        check_image_size(int(rgb.shape[1]), int(rgb.shape[2]), names["rgb"])
+        rgb8 = rgb
+    else:
+        rgb8 = (check_frames(rgb, names["rgb"]) * 255).round().to(torch.uint8)
+    depth = check_metric_depth(depth, names["depth"])
+    if not isinstance(c2w, torch.Tensor) or c2w.ndim != 3 or tuple(c2w.shape[1:]) != (4, 4):
+        raise ValueError(f"{names['c2w']}: expected camera poses [T,4,4], got "
+                         f"{list(c2w.shape) if isinstance(c2w, torch.Tensor) else type(c2w).__name__}.")
     t, h, w = rgb.shape[:3]
     if depth.shape[0] != t or c2w.shape[0] != t:
-        raise ValueError(f"rgb/depth/c2w: counts differ ({t} frames, {depth.shape[0]} depth maps, "
-                         f"{c2w.shape[0]} cameras); give one depth map and one camera per frame.")
+        raise ValueError(f"{names['rgb']}/{names['depth']}/{names['c2w']}: counts differ ({t} frames, "
+                         f"{depth.shape[0]} depth maps, {c2w.shape[0]} cameras); give one depth map and one camera per frame.")
     if tuple(depth.shape[1:]) != (h, w):
-        raise ValueError(f"depth: size {list(depth.shape[1:])} differs from the frames' {[h, w]}; resize the depth maps.")
+        raise ValueError(f"{names['depth']}: size {list(depth.shape[1:])} differs from the frames' {[h, w]}; "
+                         "resize the depth maps.")
     p = memory.patch_size
     if h % p or w % p:
-        raise ValueError(f"rgb: frame size {h}x{w} is not a multiple of patch_size {p}; crop or resize the frames.")
-    if max(h, w) > torch.iinfo(torch.int16).max:
-        raise ValueError(f"rgb: frames of {h}x{w} pixels are too large (at most 32767 per side).")
-    if voxel_size <= 0:
-        raise ValueError(f"voxel_size: must be positive metres, got {voxel_size}.")
-    if not torch.isfinite(depth).all():
-        raise ValueError("depth: contains NaN or inf; mark invalid pixels with 0 instead.")
-    if (depth < 0).any():
-        raise ValueError("depth: contains negative values; depth is metric z-depth >= 0 (0 = invalid).")
-    if not (depth > 0).any():
-        raise ValueError("depth: every pixel is 0 (invalid); connect metric depth maps, not an empty mask.")
-    validate_cameras(c2w.float(), K.float(), "c2w/K")
-    if rgb.dtype == torch.uint8:
-        return rgb
-    if not rgb.is_floating_point():
-        raise ValueError(f"rgb: expected uint8 or float 0..1 frames, got {rgb.dtype}.")
-    if not torch.isfinite(rgb).all() or rgb.min() < 0 or rgb.max() > 1:
-        raise ValueError("rgb: float frames must be finite and within 0..1; clamp or rescale them.")
-    return (rgb.float() * 255).round().to(torch.uint8)
+        raise ValueError(f"{names['rgb']}: frame size {h}x{w} is not a multiple of patch_size {p}; "
+                         "crop or resize the frames, or change patch_size.")
+    if isinstance(voxel_size, bool) or not isinstance(voxel_size, (int, float)) or not 0 < voxel_size < math.inf:
+        raise ValueError(f"{names['voxel_size']}: must be a positive finite number of metres, got {voxel_size!r}.")
+    validate_cameras(c2w.float(), torch.as_tensor(K).float(), f"{names['c2w']}/{names['K']}")
+    # Before any work: the new patches alone (one per tile, before dedupe) must fit in a memory.
+    check_patch_budget(len(memory) + t * (h // p) * (w // p), names["rgb"],
+                       "insert fewer frames (a larger frame_stride), use a larger patch_size, or start a new memory")
+    return rgb8, depth

@@ -6,12 +6,15 @@ stored pose, and merging two memories is a concatenation. Depth 0 marks an inval
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from functools import cached_property
 
 import torch
 
+from .camera import validate_cameras
 from .geometry import lift_batch
+from .limits import MAX_IMAGE_SIDE, MAX_PATCHES, check_count
 from .spatial_index import GridIndex
 
 # dtype and per-patch trailing shape of every tensor field; ``p`` stands for the patch size.
@@ -52,6 +55,7 @@ class PatchMemory:
     patch_size: int = 8
 
     def __post_init__(self) -> None:
+        check_count(self.patch_size, "patch_size", 1, MAX_IMAGE_SIDE, "pixels")
         n = int(self.rgb.shape[0]) if self.rgb.ndim else -1
         for name, (dtype, trailing) in FIELD_SPECS.items():
             value = getattr(self, name)
@@ -63,8 +67,7 @@ class PatchMemory:
     @classmethod
     def empty(cls, patch_size: int = 8) -> "PatchMemory":
         """A memory with no patches of ``patch_size`` x ``patch_size`` pixels."""
-        if patch_size < 1:
-            raise ValueError(f"patch_size: must be a positive number of pixels, got {patch_size}.")
+        patch_size = check_count(patch_size, "patch_size", 1, MAX_IMAGE_SIDE, "pixels")
         tensors = {
             name: torch.zeros((0, *(patch_size if d == "p" else d for d in trailing)), dtype=dtype)
             for name, (dtype, trailing) in FIELD_SPECS.items()
@@ -136,3 +139,68 @@ class PatchMemory:
     def index(self) -> GridIndex:
         """Grid over the patch centres for retrieval, built on first use and kept with this (immutable) memory."""
         return GridIndex.build(self.centres, self.radii)
+
+    @cached_property
+    def problem(self) -> str:
+        """Why the stored values are not a usable memory ('' if they are); computed once per (immutable) memory.
+
+        Memories built here are valid by construction; this guards the ones that enter from a file or
+        another pack, whose NaN or broken poses would otherwise render as if nothing were wrong.
+        """
+        n, p = len(self), self.patch_size
+        if n > MAX_PATCHES:
+            return f"{n} patches is more than the limit of {MAX_PATCHES} per memory; split the scene into several memories."
+        if n == 0:
+            return ""
+        checks = (
+            ("depth", _bad(self.depth.flatten(1), low=0.0), "is NaN, inf or negative (metric z-depth >= 0, 0 = invalid)"),
+            ("centres", _bad(self.centres), "is NaN or inf"),
+            ("radii", _bad(self.radii[:, None], low=0.0), "is NaN, inf or negative"),
+            ("times", _bad(self.times[:, None]), "is NaN or inf"),
+            ("intrinsics", _bad(self.intrinsics), "is NaN or inf"),
+            ("intrinsics", _bad(self.intrinsics[:, :2], low=1e-6), "has a focal length fx or fy <= 0"),
+            ("origins", _bad(self.origins.float(), low=0.0, high=MAX_IMAGE_SIDE - p),
+             f"lies outside a frame of at most {MAX_IMAGE_SIDE} pixels (0 <= u0, v0 <= {MAX_IMAGE_SIDE - p})"),
+        )
+        for name, bad, what in checks:
+            if bad >= 0:
+                return f"{name} of patch {bad} {what}; the memory is damaged: rebuild it from its frames."
+        # Patches of one frame are stored together with equal poses, so checking each run of equal poses
+        # once costs about one check per source frame instead of one per patch.
+        first = torch.ones(n, dtype=torch.bool)
+        first[1:] = (self.c2w[1:] != self.c2w[:-1]).flatten(1).any(-1)
+        runs = first.nonzero().flatten()
+        poses = torch.cat([self.c2w[runs], torch.tensor([0.0, 0.0, 0.0, 1.0]).expand(len(runs), 1, 4)], 1)
+        try:
+            validate_cameras(poses, torch.eye(3), "c2w (source poses of the patches; camera k is the k-th distinct pose)")
+        except ValueError as err:
+            return f"{err}; the memory is damaged: rebuild it from its frames."
+        return ""
+
+
+def _bad(values: torch.Tensor, low: float = -math.inf, high: float = math.inf) -> int:
+    """Index of the first row of ``values`` [N,k] with a NaN, an inf or a value outside low..high, else -1."""
+    lo, hi = values.aminmax()  # one pass; NaN propagates into both, so it fails the range test below
+    if max(low, -math.inf) <= float(lo) and float(hi) <= high and math.isfinite(float(lo)) and math.isfinite(float(hi)):
+        return -1
+    ok = (values >= low) & (values <= high) & (values.abs() < math.inf)
+    return int((~ok.all(-1)).nonzero()[0])
+
+
+def check_memory(memory: object, name: str, allow_empty: bool = True) -> PatchMemory:
+    """``memory`` if it is a PatchMemory of usable values within the size limit, else a ValueError naming ``name``."""
+    if not isinstance(memory, PatchMemory):
+        raise ValueError(f"{name}: expected a patch memory, got {type(memory).__name__}; "
+                         "connect the output of Build Patch Memory or Load Patch Memory.")
+    if memory.problem:
+        raise ValueError(f"{name}: {memory.problem}")
+    if not allow_empty and len(memory) == 0:
+        raise ValueError(f"{name}: the memory is empty: build it from frames first (Build Patch Memory).")
+    return memory
+
+
+def check_patch_budget(count: int, name: str, fix: str) -> None:
+    """ValueError naming ``name`` if a memory of ``count`` patches would exceed MAX_PATCHES; ``fix`` says what to do."""
+    if count > MAX_PATCHES:
+        raise ValueError(f"{name}: the result would hold {count} patches, more than the limit of {MAX_PATCHES} "
+                         f"per memory; {fix}.")

@@ -20,7 +20,8 @@ import torch
 
 from .camera import CameraPath, validate_cameras
 from .geometry import NEAR, Rendering, splat_grids
-from .patches import PatchMemory
+from .limits import MAX_PATCHES, MAX_PATH_FRAMES, check_count, check_image_size
+from .patches import PatchMemory, check_memory
 
 COVER_FACTOR = 3.0
 MAX_PER_CELL = 32
@@ -35,6 +36,9 @@ DEFAULT_MAX_DISTANCE = 20.0
 # Below this many patches a full scan is as fast as the grid index (measured on 2 CPU cores: equal at
 # 6.5e4 patches, 7 ms; at 2.6e5 the index takes 7 ms and the scan 27 ms).
 INDEX_MIN_PATCHES = 65536
+# Pixels (frames x height x width) of one rendered path: its outputs take about 36 bytes per pixel
+# (images, mask, depth and its display form), so this caps them near 10 GB (e.g. 1000 frames of 512x512).
+MAX_RENDER_PIXELS = 2 ** 28
 
 
 def retrieve(
@@ -124,6 +128,7 @@ def iter_render(
     max_distance: float = DEFAULT_MAX_DISTANCE,
 ) -> Iterator[Rendering]:
     """Render each camera of ``path`` in turn (a caller that may be interrupted keeps what it has consumed)."""
+    check_render_path(path, "path")
     for pose in path.c2w:
         yield render(memory, path.K, pose, path.height, path.width, max_patches, max_distance)
 
@@ -151,19 +156,29 @@ def stack_renderings(frames: Sequence[Rendering]) -> tuple[torch.Tensor, torch.T
             torch.stack([f.depth for f in frames]))
 
 
+def check_render_path(path: object, name: str) -> CameraPath:
+    """``path`` if it is a non-empty CameraPath whose renderings fit the limits, else a ValueError naming ``name``."""
+    if not isinstance(path, CameraPath):
+        raise ValueError(f"{name}: expected a camera path, got {type(path).__name__}; connect a camera path output.")
+    check_count(len(path), f"{name} (frames)", 1, MAX_PATH_FRAMES, "cameras")
+    check_image_size(path.height, path.width, name)
+    pixels = len(path) * path.height * path.width
+    if pixels > MAX_RENDER_PIXELS:
+        raise ValueError(f"{name}: {len(path)} frames of {path.height}x{path.width} are {pixels} pixels, more than the "
+                         f"limit of {MAX_RENDER_PIXELS} per render; render a shorter or smaller path, or split it.")
+    return path
+
+
 def _check_view(
     memory: PatchMemory, K: torch.Tensor, c2w: torch.Tensor, height: int, width: int, max_patches: int,
     max_distance: float,
 ) -> None:
     """ValueError naming the input unless the memory has patches and the camera and budgets are usable."""
-    if len(memory) == 0:
-        raise ValueError("memory: the memory is empty: build it from frames first (Build Patch Memory / insert_frames).")
+    check_memory(memory, "memory", allow_empty=False)
     if tuple(c2w.shape) != (4, 4):
         raise ValueError(f"c2w: expected one camera pose [4,4], got shape {list(c2w.shape)}.")
     validate_cameras(c2w[None].float(), K.float(), "camera")
-    if height <= 0 or width <= 0:
-        raise ValueError(f"height/width: image size must be positive, got {height}x{width}.")
-    if max_patches < 1:
-        raise ValueError(f"max_patches: must be at least 1, got {max_patches}.")
-    if not max_distance > 0:
-        raise ValueError(f"max_distance: must be positive metres, got {max_distance}.")
+    check_image_size(height, width, "height/width")
+    check_count(max_patches, "max_patches", 1, MAX_PATCHES, "patches")
+    if isinstance(max_distance, bool) or not isinstance(max_distance, (int, float)) or not max_distance > 0:
+        raise ValueError(f"max_distance: must be positive metres (inf for no limit), got {max_distance!r}.")

@@ -15,9 +15,13 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .camera import CameraPath
+from .limits import MAX_IMAGE_SIDE
 
 MIN_EXTENT_M = 1.0
 MIN_SIZE = 64
+# Points a map of a patch memory draws at most (whole patches subsampled evenly above it): a 4096-pixel
+# map has 16.8M pixels, so more points only cost time and memory without showing more.
+MAX_MAP_POINTS = 4_000_000
 BACKGROUND = (20, 20, 26)
 PATH_COLOURS = ((255, 99, 71), (65, 160, 255), (255, 205, 50), (120, 220, 110), (220, 120, 255), (60, 220, 220))
 # Height ramp for uncoloured points: low = deep blue, high = pale yellow.
@@ -84,8 +88,9 @@ def map_view(
 
     The margin is at least the scale bar's height, so the bar never hides part of the scene.
     """
-    if isinstance(size, bool) or int(size) != size or size < MIN_SIZE:
-        raise ValueError(f"size: must be a whole number of pixels >= {MIN_SIZE}, got {size}.")
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or not float(size).is_integer() \
+            or not MIN_SIZE <= size <= MAX_IMAGE_SIDE:
+        raise ValueError(f"size: must be a whole number of pixels in {MIN_SIZE}..{MAX_IMAGE_SIDE}, got {size!r}.")
     if not 0.0 <= margin < 0.45:
         raise ValueError(f"margin: must be a fraction in [0, 0.45), got {margin}.")
     xy = [p.positions[:, :2].double() for p in _path_list(paths)]

@@ -5,6 +5,7 @@ import torch
 from comfy_api.latest import io
 
 from ..memory.depth import depth_from_image
+from .patch_memory import check_widgets
 from .types import CATEGORY, DepthType
 
 
@@ -34,4 +35,7 @@ class DepthFromImage(io.ComfyNode):
 
     @classmethod
     def execute(cls, depth_image: torch.Tensor, near: float, far: float, inverse: bool) -> io.NodeOutput:
+        check_widgets(cls, near=near, far=far)
+        if not isinstance(inverse, bool):
+            raise ValueError(f"inverse: expected true or false, got {inverse!r}.")
         return io.NodeOutput(depth_from_image(depth_image, near, far, inverse))

@@ -6,8 +6,8 @@ from comfy_api.latest import io
 
 from ..memory.camera import CameraPath
 from ..memory.edits import delete, duplicate, keep_only, move, select_box, select_frames, select_mask, select_sphere
-from ..memory.patch_memory import PatchMemory
-from .patch_memory import SUBCATEGORY, transform_from_widgets, transform_inputs
+from ..memory.patch_memory import PatchMemory, check_memory
+from .patch_memory import SUBCATEGORY, check_widgets, transform_from_widgets, transform_inputs
 from .types import CameraPathType, PatchMemoryType, check_options
 
 OPERATIONS = ["delete", "keep_only", "duplicate", "move"]
@@ -63,6 +63,10 @@ class EditPatchMemory(io.ComfyNode):
                 last_frame: int, mask: torch.Tensor | None = None, mask_camera: CameraPath | None = None,
                 mask_frame: int = 0, **transform: float) -> io.NodeOutput:
         check_options(cls, operation=operation, selection=selection)
+        check_widgets(cls, center_x=center_x, center_y=center_y, center_z=center_z, size_x=size_x, size_y=size_y,
+                      size_z=size_z, radius=radius, first_frame=first_frame, last_frame=last_frame,
+                      mask_frame=mask_frame, **transform)
+        check_memory(memory, "memory")
         center = torch.tensor([center_x, center_y, center_z])
         half = torch.tensor([size_x, size_y, size_z]) / 2
         if selection == "box":
@@ -70,7 +74,10 @@ class EditPatchMemory(io.ComfyNode):
         elif selection == "sphere":
             sel = select_sphere(memory, center, radius)
         elif selection == "frames":
-            sel = select_frames(memory, first_frame, last_frame + 1)
+            if last_frame < first_frame:
+                raise ValueError(f"last_frame: {last_frame} is before first_frame ({first_frame}); "
+                                 "give last_frame >= first_frame (both inclusive).")
+            sel = select_frames(memory, int(first_frame), int(last_frame) + 1)
         elif selection == "mask":
             sel = select_mask(memory, *mask_view(mask, mask_camera, mask_frame))
         else:
@@ -86,14 +93,36 @@ class EditPatchMemory(io.ComfyNode):
 
 
 def mask_view(mask: torch.Tensor | None, camera: CameraPath | None, frame: int) -> tuple:
-    """(mask [H,W], K, c2w) for a screen-space selection, with errors naming the missing input."""
-    if mask is None or camera is None:
-        raise ValueError("selection 'mask' needs both the mask and mask_camera inputs connected; "
-                         "connect a MASK and the camera path it was drawn on, or choose another selection.")
+    """(mask [H,W], K, c2w) for a screen-space selection, with errors naming the missing or malformed input.
+
+    ``mask`` is one mask [H,W] or [1,H,W], or one per camera of ``camera`` [T,H,W]; a mask of another
+    resolution with the camera's aspect ratio (e.g. drawn on an upscaled preview) is resized to it.
+    """
+    missing = [name for name, value in (("mask", mask), ("mask_camera", camera)) if value is None]
+    if missing:
+        raise ValueError(f"{' and '.join(missing)}: selection 'mask' needs a MASK (white = the patches to select) "
+                         "and mask_camera, the camera path it was drawn on; connect them or choose another selection.")
+    if not isinstance(camera, CameraPath) or len(camera) == 0:
+        raise ValueError("mask_camera: expected a camera path with at least one camera; connect a camera path output.")
     if not 0 <= frame < len(camera):
         raise ValueError(f"mask_frame: {frame} is outside mask_camera's {len(camera)} cameras; pick 0..{len(camera) - 1}.")
-    plane = mask if mask.ndim == 2 else mask[min(frame, mask.shape[0] - 1)]
-    if tuple(plane.shape) != (camera.height, camera.width):
-        plane = torch.nn.functional.interpolate(plane[None, None].float(), size=(camera.height, camera.width),
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3) or 0 in mask.shape:
+        got = list(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask: expected a MASK [H,W] or [B,H,W], got {got}.")
+    planes = mask if mask.ndim == 3 else mask[None]
+    if len(planes) not in (1, len(camera)):
+        raise ValueError(f"mask: a batch of {len(planes)} masks for mask_camera's {len(camera)} cameras; "
+                         "give one mask, or one per camera.")
+    height, width = planes.shape[1:]
+    if height * camera.width != width * camera.height:
+        raise ValueError(f"mask: {height}x{width} has another aspect ratio than mask_camera's "
+                         f"{camera.height}x{camera.width} frames; draw the mask on a frame of that camera path.")
+    plane = planes[min(frame, len(planes) - 1)].float()
+    lo, hi = plane.aminmax()
+    if not 0 <= float(lo) <= float(hi) <= 1:  # NaN fails every comparison
+        raise ValueError(f"mask: values must lie in 0..1, got {float(lo):.3g}..{float(hi):.3g}; "
+                         "connect a MASK output (not an image with NaN or unscaled values).")
+    if (height, width) != (camera.height, camera.width):
+        plane = torch.nn.functional.interpolate(plane[None, None], size=(camera.height, camera.width),
                                                 mode="nearest")[0, 0]
-    return plane > 0.5, camera.K, camera.c2w[frame]
+    return plane > 0.5, camera.K, camera.c2w[int(frame)]

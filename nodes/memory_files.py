@@ -9,9 +9,9 @@ from comfy_api.latest import io, ui
 from ..memory.camera import CameraPath
 from ..memory.files import confined_path
 from ..memory.glb import export_glb
-from ..memory.patch_memory import PatchMemory, load_memory, save_memory
-from ..memory.topdown import top_down_map
-from .patch_memory import SUBCATEGORY
+from ..memory.patch_memory import PatchMemory, check_memory, load_memory, save_memory
+from ..memory.topdown import MAX_MAP_POINTS, top_down_map
+from .patch_memory import SUBCATEGORY, check_widgets
 from .types import CameraPathType, PatchMemoryType, check_options, output_file
 
 MEMORY_FOLDER = "patch_memories"
@@ -48,6 +48,7 @@ class SavePatchMemory(io.ComfyNode):
 
     @classmethod
     def execute(cls, memory: PatchMemory, filename_prefix: str) -> io.NodeOutput:
+        check_memory(memory, "memory")
         path, relative = output_file(filename_prefix, "safetensors")
         save_memory(memory, path)
         return io.NodeOutput(relative, ui={"text": [f"saved {len(memory)} patches to {relative}"]})
@@ -104,7 +105,13 @@ class PatchMemoryTo3D(io.ComfyNode):
 
     @classmethod
     def execute(cls, memory: PatchMemory, filename_prefix: str, max_points: int) -> io.NodeOutput:
-        points, colors, _ = memory.points(max_points=max_points)
+        check_widgets(cls, max_points=max_points)
+        check_memory(memory, "memory", allow_empty=False)
+        points, colors, _ = memory.points(max_points=int(max_points))
+        if len(points) == 0:
+            # glTF needs at least one point (an accessor's count is >= 1), so there is no valid empty file.
+            raise ValueError(f"memory: none of its {len(memory)} patches has a pixel with valid depth, so there is "
+                             "nothing to export; build the memory from frames with metric depth.")
         path, relative = output_file(filename_prefix, "glb")
         export_glb(points, colors, path, max_points=max_points)
         return io.NodeOutput(relative, ui={"text": [relative]})
@@ -133,7 +140,14 @@ class PatchMemoryMap(io.ComfyNode):
     @classmethod
     def execute(cls, size: int, memory: PatchMemory | None = None, camera_path: CameraPath | None = None,
                 camera_path_2: CameraPath | None = None) -> io.NodeOutput:
-        paths = [p for p in (camera_path, camera_path_2) if p is not None]
-        points, colors = (None, None) if memory is None else memory.points()[:2]
-        image = top_down_map(paths, points=points, colors=colors, size=size)[None]
+        check_widgets(cls, size=size)
+        paths = []
+        for name, path in (("camera_path", camera_path), ("camera_path_2", camera_path_2)):
+            if path is not None and not isinstance(path, CameraPath):
+                raise ValueError(f"{name}: expected a camera path, got {type(path).__name__}; connect a camera path output.")
+            paths += [] if path is None else [path]
+        if memory is not None:
+            check_memory(memory, "memory")
+        points, colors = (None, None) if memory is None else memory.points(max_points=MAX_MAP_POINTS)[:2]
+        image = top_down_map(paths, points=points, colors=colors, size=int(size))[None]
         return io.NodeOutput(image, ui=ui.PreviewImage(image, cls=cls))

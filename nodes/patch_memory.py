@@ -1,13 +1,19 @@
 """Build a 3D patch memory from frames, render it along a camera path, merge two memories."""
 from __future__ import annotations
 
+import math
+
 import torch
 from comfy_api.latest import io
 
 from ..memory.camera import CameraPath
-from ..memory.depth import DepthMaps, depth_to_image
+from ..memory.depth import DepthMaps, check_metric_depth, depth_to_image
 from ..memory.edits import merge, rigid_transform
-from ..memory.patch_memory import PatchMemory, insert_frames, iter_render, stack_renderings
+from ..memory.limits import check_frames
+from ..memory.patch_memory import (
+    PatchMemory, check_memory, check_patch_budget, insert_frames, iter_render, stack_renderings,
+)
+from ..memory.retrieval import check_render_path
 from .types import CATEGORY, CameraPathType, DepthType, PatchMemoryType, until_interrupted
 
 SUBCATEGORY = f"{CATEGORY}/memory"
@@ -22,6 +28,24 @@ def transform_inputs(prefix: str = "") -> list[io.Input]:
         *(io.Float.Input(f"{prefix}rotate_{a}_deg", default=0.0, min=-360.0, max=360.0, step=1.0,
                          tooltip=f"Rotation about world {a} in degrees, around the pivot.") for a in axes),
     ]
+
+
+def check_widgets(node: type[io.ComfyNode], **values: object) -> None:
+    """ValueError naming the number input whose value is not a finite number within its widget's min..max.
+
+    ComfyUI checks the range of prompts but lets NaN through (every comparison with it is false), and
+    direct calls check nothing; a node's own widget range is its documented contract.
+    """
+    specs = {spec.id: spec for spec in node.define_schema().inputs}
+    for name, value in values.items():
+        spec = specs[name]
+        whole = isinstance(spec, io.Int.Input)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or whole and not float(value).is_integer():
+            raise ValueError(f"{name}: expected a finite {'whole ' if whole else ''}number, got {value!r}.")
+        low, high = spec.min, spec.max
+        if low is not None and value < low or high is not None and value > high:
+            raise ValueError(f"{name}: {value!r} is outside the allowed range {low}..{high}; choose a value in that range.")
 
 
 class BuildPatchMemory(io.ComfyNode):
@@ -58,18 +82,38 @@ class BuildPatchMemory(io.ComfyNode):
     def execute(cls, frames: torch.Tensor, metric_depth: DepthMaps, camera_path: CameraPath, patch_size: int,
                 voxel_size: float, first_frame: int, last_frame: int, frame_stride: int,
                 base_memory: PatchMemory | None = None) -> io.NodeOutput:
-        total = len(camera_path)
+        check_widgets(cls, patch_size=patch_size, voxel_size=voxel_size, first_frame=first_frame,
+                      last_frame=last_frame, frame_stride=frame_stride)
+        first_frame, last_frame, frame_stride = int(first_frame), int(last_frame), int(frame_stride)
+        frames = check_frames(frames, "frames")
+        depth = check_metric_depth(metric_depth, "metric_depth")
+        if not isinstance(camera_path, CameraPath):
+            raise ValueError(f"camera_path: expected a camera path, got {type(camera_path).__name__}; "
+                             "connect the camera_path output recorded with the frames.")
+        total = len(frames)
+        for name, count, what in (("metric_depth", len(depth), "depth maps"), ("camera_path", len(camera_path), "cameras")):
+            if count != total:
+                raise ValueError(f"{name}: counts differ: {count} {what} for {total} frames; connect outputs of the same episode.")
+        if tuple(depth.shape[1:]) != tuple(frames.shape[1:3]):
+            raise ValueError(f"metric_depth: depth maps are {depth.shape[1]}x{depth.shape[2]} but the frames are "
+                             f"{frames.shape[1]}x{frames.shape[2]}; resize the depth to the frame size.")
+        if (camera_path.height, camera_path.width) != tuple(frames.shape[1:3]):
+            raise ValueError(f"camera_path: its cameras are {camera_path.height}x{camera_path.width} pixels but the "
+                             f"frames are {frames.shape[1]}x{frames.shape[2]}; use the path recorded with the frames.")
+        if first_frame >= total:
+            raise ValueError(f"first_frame: {first_frame} is past the last of the {total} frames; pick 0..{total - 1}.")
         stop = total if last_frame < 0 else last_frame + 1
-        if not 0 <= first_frame < stop <= total:
-            raise ValueError(f"first_frame/last_frame: range {first_frame}..{last_frame} is outside the "
-                             f"{total} cameras of camera_path; pick frames between 0 and {total - 1}.")
-        if len(frames) != total or len(metric_depth) != total:
-            raise ValueError(f"frames/metric_depth/camera_path: counts differ ({len(frames)} frames, "
-                             f"{len(metric_depth)} depth maps, {total} cameras); connect outputs of the same episode.")
+        if not first_frame < stop <= total:
+            raise ValueError(f"last_frame: {last_frame} must be -1 (the end) or between first_frame ({first_frame}) "
+                             f"and {total - 1}, the last of the {total} frames.")
         idx = torch.arange(first_frame, stop, frame_stride)
-        base = base_memory if base_memory is not None else PatchMemory.empty(patch_size=patch_size)
-        built = insert_frames(base, frames[idx], metric_depth.metres[idx], camera_path.c2w[idx], camera_path.K,
-                              frame_ids=idx, voxel_size=voxel_size)
+        if base_memory is None:
+            base = PatchMemory.empty(patch_size=int(patch_size))
+        else:
+            base = check_memory(base_memory, "base_memory")
+        names = dict(memory="base_memory", rgb="frames", depth="metric_depth", c2w="camera_path", K="camera_path")
+        built = insert_frames(base, frames[idx], depth[idx], camera_path.c2w[idx], camera_path.K,
+                              frame_ids=idx, voxel_size=voxel_size, names=names)
         return io.NodeOutput(built)
 
 
@@ -103,6 +147,9 @@ class RenderPatchMemory(io.ComfyNode):
     @classmethod
     def execute(cls, memory: PatchMemory, camera_path: CameraPath, max_patches: int,
                 max_distance: float) -> io.NodeOutput:
+        check_widgets(cls, max_patches=max_patches, max_distance=max_distance)
+        check_memory(memory, "memory", allow_empty=False)
+        check_render_path(camera_path, "camera_path")
         frames = until_interrupted(iter_render(memory, camera_path, max_patches=max_patches, max_distance=max_distance),
                                    len(camera_path), "rendering")
         rgb, mask, depth = stack_renderings(frames)
@@ -130,12 +177,19 @@ class MergePatchMemories(io.ComfyNode):
 
     @classmethod
     def execute(cls, memory_a: PatchMemory, memory_b: PatchMemory, **transform: float) -> io.NodeOutput:
+        check_widgets(cls, **transform)
+        check_memory(memory_a, "memory_a")
+        check_memory(memory_b, "memory_b")
+        if len(memory_b) and memory_b.patch_size != memory_a.patch_size:
+            raise ValueError(f"memory_b: its patch_size {memory_b.patch_size} differs from memory_a's "
+                             f"{memory_a.patch_size}; build both memories with the same patch_size.")
+        check_patch_budget(len(memory_a) + len(memory_b), "memory_b", "delete patches from the memories first")
         pivot = memory_b.centres.mean(0) if len(memory_b) else torch.zeros(3)
         return io.NodeOutput(merge(memory_a, memory_b, transform_from_widgets(transform, pivot)))
 
 
 def transform_from_widgets(values: dict[str, float], pivot: torch.Tensor, prefix: str = "") -> torch.Tensor:
-    """The [4,4] rigid transform described by :func:`transform_inputs` widgets, rotating about ``pivot``."""
+    """The [4,4] rigid transform described by :func:`transform_inputs` widgets (checked by the caller), rotating about ``pivot``."""
     translate = [values[f"{prefix}translate_{a}"] for a in "xyz"]
     rotate = [values[f"{prefix}rotate_{a}_deg"] for a in "xyz"]
     return rigid_transform(translate, rotate, pivot)
