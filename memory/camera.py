@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Real
 
 import kornia
 import torch
+
+from .limits import MAX_COORDINATE_M, MAX_PATH_FRAMES, check_count, check_image_size
 
 ORTHONORMAL_TOL = 1e-3
 
@@ -25,9 +28,7 @@ class CameraPath:
     width: int
 
     def __post_init__(self) -> None:
-        validate_cameras(self.c2w, self.K, "CameraPath")
-        if self.height <= 0 or self.width <= 0:
-            raise ValueError(f"CameraPath: image size must be positive, got {self.height}x{self.width}.")
+        check_path(self.c2w, self.K, self.height, self.width, "CameraPath")
 
     def __len__(self) -> int:
         return int(self.c2w.shape[0])
@@ -72,6 +73,76 @@ def validate_cameras(c2w: torch.Tensor, K: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: the last row of every c2w must be [0, 0, 0, 1].")
     if K[0, 0] <= 0 or K[1, 1] <= 0:
         raise ValueError(f"{name}: focal lengths must be positive, got fx={float(K[0, 0])}, fy={float(K[1, 1])}.")
+
+
+def check_number(value: object, name: str, low: float, high: float, *, open_interval: bool = False) -> float:
+    """``value`` as a finite float within ``low..high`` (ends excluded if ``open_interval``), else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ValueError(f"{name}: must be a finite number, got {value!r}.")
+    inside = low < value < high if open_interval else low <= value <= high
+    if not inside:
+        ends = "()" if open_interval else "[]"
+        raise ValueError(f"{name}: {value!r} is outside the allowed range {ends[0]}{low:g}, {high:g}{ends[1]}; "
+                         "choose a value in that range.")
+    return float(value)
+
+
+def check_size(height: object, width: object, name: str) -> None:
+    """ValueError naming ``name`` unless height and width are ints (not booleans or floats) within the image limits."""
+    for side, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} ({side}): must be a whole number of pixels, got {value!r}.")
+    check_image_size(height, width, name)
+
+
+def check_pinhole(K: object, height: int, width: int, name: str) -> None:
+    """ValueError naming ``name`` unless ``K`` is a finite pinhole [[fx,0,cx],[0,fy,cy],[0,0,1]] of a height x width image."""
+    if not isinstance(K, torch.Tensor) or tuple(K.shape) != (3, 3):
+        raise ValueError(f"{name}: K must be a [3,3] tensor, got {list(K.shape) if isinstance(K, torch.Tensor) else K!r}.")
+    if not torch.isfinite(K).all():
+        raise ValueError(f"{name}: K contains NaN or inf; give finite pixel intrinsics.")
+    (fx, skew, cx), (lower, fy, cy), last = K.double().tolist()
+    if fx <= 0 or fy <= 0:
+        raise ValueError(f"{name}: focal lengths must be positive, got fx={fx}, fy={fy}.")
+    if skew != 0 or lower != 0 or last != [0.0, 0.0, 1.0]:
+        raise ValueError(f"{name}: K must be a pinhole matrix [[fx,0,cx],[0,fy,cy],[0,0,1]], got {K.tolist()}.")
+    if not (0 < cx < width and 0 < cy < height):
+        raise ValueError(
+            f"{name}: K principal point ({cx}, {cy}) lies outside the {width}x{height} image; "
+            "K must be in pixels of this image size (a centred camera has cx = W/2, cy = H/2)."
+        )
+
+
+def check_positions(positions: torch.Tensor, name: str) -> None:
+    """ValueError naming ``name`` unless every camera centre [T,3] lies within ``MAX_COORDINATE_M`` on each axis."""
+    reach = positions.double().abs().amax(dim=-1)
+    far = (~(reach <= MAX_COORDINATE_M)).nonzero().flatten()  # negated so that NaN counts as too far
+    if len(far):
+        raise ValueError(
+            f"{name}: camera {int(far[0])} would be {float(reach[far[0]]):.4g} m from the origin along an axis, "
+            f"beyond the limit of {MAX_COORDINATE_M:g} m; keep the cameras within it."
+        )
+
+
+def check_path(c2w: object, K: object, height: object, width: object, name: str) -> None:
+    """ValueError naming ``name`` unless these are the poses, pinhole K and image size of a valid camera path."""
+    if not isinstance(c2w, torch.Tensor):
+        raise ValueError(f"{name}: c2w must be a [T,4,4] tensor, got {type(c2w).__name__}.")
+    check_size(height, width, name)
+    if c2w.ndim == 3:
+        check_count(int(c2w.shape[0]), f"{name} (cameras)", 0, MAX_PATH_FRAMES)
+    check_pinhole(K, height, width, name)
+    validate_cameras(c2w, K, name)
+    check_positions(c2w[:, :3, 3], name)
+
+
+def require_path(value: object, name: str) -> CameraPath:
+    """``value`` if it is a CameraPath with at least one camera, else a ValueError naming the input ``name``."""
+    if not isinstance(value, CameraPath):
+        raise ValueError(f"{name}: expected a camera path, got {type(value).__name__}; connect a camera_path output.")
+    if len(value) == 0:
+        raise ValueError(f"{name}: the camera path has no cameras; connect a path with at least one camera.")
+    return value
 
 
 def intrinsics_from_fov(height: int, width: int, fovy_deg: float) -> torch.Tensor:

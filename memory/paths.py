@@ -7,7 +7,8 @@ Move grammar (``parse_moves``)
 ------------------------------
 A program is a list of commands ``VERB AMOUNT``, one per line or separated by ``;`` or ``,``.
 ``#`` starts a comment that runs to the end of the line; blank lines are ignored; verbs are
-case-insensitive; amounts are non-negative decimal numbers::
+case-insensitive; amounts are non-negative plain decimal numbers in ASCII digits, with an optional
+exponent (``2``, ``0.5``, ``.5``, ``1e3``; not ``1_0``, ``inf``, ``nan``, ``0x10`` or non-ASCII digits)::
 
     forward 2        # metres along the heading, horizontally (pitch does not make the camera fly;
                      # a camera looking straight down walks towards the top of its image)
@@ -28,11 +29,15 @@ Each command appends ``ceil(amount / step)`` frames that split it into equal ste
 ``step = step_m`` for moves and ``step_deg`` for turns and looks, so no frame moves or turns
 further than one step and the speed is uniform across commands. ``forward 1`` with
 ``step_m=0.1`` therefore adds 10 frames (11 with the start). An amount of 0 adds no frame.
+A program is refused before any frame is made if it is longer than ``MAX_TEXT_CHARS`` characters,
+has more than ``MAX_COMMANDS`` commands or would make more than ``MAX_PATH_FRAMES`` frames
+(``memory/limits.py``).
 
 Keyframe text (``keyframes_from_text``)
 ---------------------------------------
 One keyframe per line (or separated by ``;``): ``x y z yaw_deg [pitch_deg]`` in metres and degrees
-(yaw 0 looks along +x, counter-clockwise from above; pitch defaults to 0); ``#`` starts a comment::
+(yaw 0 looks along +x, counter-clockwise from above; pitch defaults to 0); ``#`` starts a comment;
+numbers follow the move grammar, signs allowed::
 
     0 0 1 0
     1 0 1 45
@@ -46,6 +51,9 @@ JSON schema (``path_to_json`` / ``path_from_json``)
      "height": 64, "width": 64,                       # image size in pixels
      "K": [[fx, 0, cx], [0, fy, cy], [0, 0, 1]],       # pixel intrinsics, pixel centres at +0.5
      "c2w": [[[r, r, r, x], [r, r, r, y], [r, r, r, z], [0, 0, 0, 1]], ...]}   # T >= 1 poses
+
+Sizes are JSON integers, every K and c2w entry a JSON number (not ``true``, ``NaN`` or ``Infinity``)
+that fits float32; the document's length and nesting are checked before it is parsed.
 """
 from __future__ import annotations
 
@@ -59,11 +67,26 @@ import torch
 from kornia.geometry.conversions import axis_angle_to_rotation_matrix
 from kornia.geometry.quaternion import Quaternion
 
-from .camera import CameraPath, intrinsics_from_fov, look_rotation, pitch_of, pose_matrix, validate_cameras
+from .camera import (
+    CameraPath, check_number, check_path, check_pinhole, check_positions, check_size, intrinsics_from_fov,
+    look_rotation, pitch_of, pose_matrix, require_path, validate_cameras,
+)
+from .limits import (
+    MAX_ANGLE_DEG, MAX_COMMANDS, MAX_COORDINATE_M, MAX_JSON_CHARS, MAX_JSON_DEPTH, MAX_PATH_FRAMES, MAX_TEXT_CHARS,
+    check_count,
+)
 
 PATH_FORMAT = "come-camera-path/1"
+JSON_NAME = "camera path JSON"  # how errors about a JSON document name it; nodes put their input's name instead
 # Consecutive keyframes a half turn apart have two equally short slerp arcs; refuse them well before.
 MAX_KEYFRAME_TURN_DEG = 179.0
+_KEYFRAME_FIELDS = ("x", "y", "z", "yaw_deg", "pitch_deg")
+_KEYFRAME_LIMITS = (MAX_COORDINATE_M, MAX_COORDINATE_M, MAX_COORDINATE_M, MAX_ANGLE_DEG, 90.0)
+_JSON_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_JSON_LITERAL = re.compile(r"true|false|null|NaN|Infinity")
+# Plain ASCII decimals only: float() also takes '1_0', 'inf', 'nan' and non-ASCII digits, none of which a path needs.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -95,12 +118,30 @@ _VERB_HELP = (
 
 
 def _intrinsics(K: torch.Tensor | None, height: int, width: int, fovy_deg: float) -> torch.Tensor:
-    """The given ``K`` as float32, or a centred pinhole from the vertical field of view."""
+    """The given pinhole ``K`` as float32, or a centred pinhole from the vertical field of view; the size is checked first."""
+    check_size(height, width, "image size")
     if K is not None:
-        return torch.as_tensor(K, dtype=torch.float32)
-    if not 0.0 < fovy_deg < 180.0:
-        raise ValueError(f"fovy_deg: must be in (0, 180) degrees, got {fovy_deg}; use e.g. 80 (Memory Maze) or 60.")
+        K = torch.as_tensor(K, dtype=torch.float32)
+        check_pinhole(K, height, width, "K")
+        return K
+    check_number(fovy_deg, "fovy_deg", 0.0, 180.0, open_interval=True)
     return intrinsics_from_fov(height, width, fovy_deg)
+
+
+def _text(text: str | None, name: str) -> str:
+    """``text`` (None counts as empty) if it is a string of at most ``MAX_TEXT_CHARS``, else a ValueError naming ``name``."""
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        raise ValueError(f"{name}: expected text, got {type(text).__name__}.")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ValueError(f"{name}: {len(text)} characters is more than the limit of {MAX_TEXT_CHARS}; write a shorter text.")
+    return text
+
+
+def _number(token: str) -> float | None:
+    """``token`` as a float if it is a plain ASCII decimal number (optional sign and exponent), else None."""
+    return float(token) if _NUMBER.fullmatch(token) else None
 
 
 def _as_points(value: torch.Tensor | Sequence, name: str) -> torch.Tensor:
@@ -152,11 +193,14 @@ def _heading(rotation: torch.Tensor) -> tuple[float, float]:
 
 
 def _commands(text: str) -> list[tuple[int, str]]:
-    """(line number, command text) pairs of a move program, comments and blanks removed."""
+    """(line number, command text) pairs of a move program, comments and blanks removed, at most ``MAX_COMMANDS``."""
     found = []
     for number, line in enumerate(text.splitlines(), start=1):
         for part in re.split(r"[;,]", line.split("#", 1)[0]):
             if part.strip():
+                if len(found) == MAX_COMMANDS:
+                    raise ValueError(f"moves line {number}: more than the limit of {MAX_COMMANDS} commands; "
+                                     "merge repeated moves (e.g. 'forward 2' for 'forward 1; forward 1').")
                 found.append((number, part.strip()))
     return found
 
@@ -171,10 +215,10 @@ def _parse_command(number: int, command: str) -> tuple[_Verb, float]:
     if len(tokens) != 2:
         problem = "is missing its amount" if len(tokens) == 1 else "has more than one amount"
         raise ValueError(f"{where}: '{name}' {problem}; write one number after the verb, e.g. '{name} 1'; {_VERB_HELP}.")
-    try:
-        amount = float(tokens[1])
-    except ValueError:
-        raise ValueError(f"{where}: '{tokens[1]}' is not a number; write e.g. '{name} 1'.") from None
+    amount = _number(tokens[1])
+    if amount is None:
+        raise ValueError(f"{where}: '{tokens[1]}' is not a number; write a plain finite number in ASCII digits, "
+                         f"e.g. '{name} 1', '{name} 0.5' or '{name} 1e3'.")
     if not math.isfinite(amount):
         raise ValueError(f"{where}: the amount must be a finite number, got {tokens[1]}; write e.g. '{name} 1'.")
     if amount < 0:
@@ -187,26 +231,20 @@ def _parse_command(number: int, command: str) -> tuple[_Verb, float]:
     return _VERBS[name], amount
 
 
-def parse_moves(
-    text: str, start_c2w: torch.Tensor | None = None, K: torch.Tensor | None = None,
-    height: int = 64, width: int = 64, fovy_deg: float = 80.0, step_m: float = 0.1, step_deg: float = 5.0,
-) -> CameraPath:
-    """Camera path of a move program (grammar in the module docstring) at a uniform speed per frame."""
-    if not (step_m > 0 and step_deg > 0 and math.isfinite(step_m) and math.isfinite(step_deg)):
-        raise ValueError(f"step_m and step_deg must be positive, got step_m={step_m}, step_deg={step_deg}.")
-    commands = _commands(text or "")
-    if not commands:
-        raise ValueError(f"moves: the program has no commands; write at least one, e.g. 'forward 1'; {_VERB_HELP}.")
-    position, rotation = _start_pose(start_c2w)
-    tilt = math.degrees(float(pitch_of(rotation[None])[0]))
-    positions, rotations = [position], [rotation]
+def _plan(commands: list[tuple[int, str]], tilt: float, step_m: float, step_deg: float) -> list[tuple[_Verb, float, int]]:
+    """Verb, amount and frame count of every command, with the pitch range and the frame limit checked before any frame."""
+    plan, frames = [], 1
     for number, command in commands:
         verb, amount = _parse_command(number, command)
-        if verb.kind == "wait":
-            steps = int(amount)
-        else:
-            step = step_m if verb.kind == "move" else step_deg
-            steps = math.ceil(amount / step - 1e-9) if amount > 0 else 0
+        exact = amount if verb.kind == "wait" else amount / (step_m if verb.kind == "move" else step_deg)
+        # frames is a whole number, so frames + exact <= the limit also bounds frames + ceil(exact) below.
+        if frames + exact > MAX_PATH_FRAMES:
+            raise ValueError(
+                f"moves line {number}: '{command}' would make the path about {frames + exact:.3g} frames long, more than "
+                f"the limit of {MAX_PATH_FRAMES}; use shorter moves or a larger step_m or step_deg."
+            )
+        steps = int(amount) if verb.kind == "wait" else math.ceil(exact - 1e-9) if amount > 0 else 0
+        frames += steps
         if verb.kind == "look":
             tilt += verb.sign * amount
             if abs(tilt) > 90.0 + 1e-6:
@@ -214,7 +252,28 @@ def parse_moves(
                     f"moves line {number}: '{command}' would tilt the camera to {tilt:.1f} deg; "
                     "keep the pitch within [-90, 90]."
                 )
-        delta = verb.sign * amount / steps if steps else 0.0
+        plan.append((verb, amount, steps))
+    return plan
+
+
+def parse_moves(
+    text: str, start_c2w: torch.Tensor | None = None, K: torch.Tensor | None = None,
+    height: int = 64, width: int = 64, fovy_deg: float = 80.0, step_m: float = 0.1, step_deg: float = 5.0,
+) -> CameraPath:
+    """Camera path of a move program (grammar in the module docstring) at a uniform speed per frame."""
+    check_number(step_m, "step_m", 0.0, MAX_COORDINATE_M, open_interval=True)
+    check_number(step_deg, "step_deg", 0.0, 360.0, open_interval=True)  # a full turn per frame shows no motion
+    commands = _commands(_text(text, "moves"))
+    if not commands:
+        raise ValueError(f"moves: the program has no commands; write at least one, e.g. 'forward 1'; {_VERB_HELP}.")
+    position, rotation = _start_pose(start_c2w)
+    plan = _plan(commands, math.degrees(float(pitch_of(rotation[None])[0])), step_m, step_deg)
+    K = _intrinsics(K, height, width, fovy_deg)
+    positions, rotations = [position], [rotation]
+    for verb, amount, steps in plan:
+        if not steps:
+            continue  # an amount of 0 adds no frame and changes nothing
+        delta = verb.sign * amount / steps
         hx, hy = _heading(rotation)
         offset = delta * torch.tensor(
             {"heading": (hx, hy, 0.0), "right": (hy, -hx, 0.0), "z": (0.0, 0.0, 1.0), "": (0.0, 0.0, 0.0)}[verb.axis],
@@ -222,15 +281,17 @@ def parse_moves(
         )
         # Turns spin about world +z (left product) and looks tilt about the camera's own x axis (right product),
         # which keeps any roll of the start pose and, for a level start, equals look_rotation(yaw, pitch).
-        axis = torch.tensor([[0.0, 0.0, 1.0] if verb.kind == "turn" else [1.0, 0.0, 0.0]], dtype=torch.float64)
-        spin = axis_angle_to_rotation_matrix(axis * math.radians(delta))[0]
+        if verb.kind in ("turn", "look"):
+            axis = torch.tensor([[0.0, 0.0, 1.0] if verb.kind == "turn" else [1.0, 0.0, 0.0]], dtype=torch.float64)
+            spin = axis_angle_to_rotation_matrix(axis * math.radians(delta))[0]
         for _ in range(steps):
             position = position + offset
             rotation = spin @ rotation if verb.kind == "turn" else rotation @ spin if verb.kind == "look" else rotation
             positions.append(position)
             rotations.append(rotation)
+    check_positions(torch.stack(positions), "moves")
     c2w = pose_matrix(torch.stack(rotations).float(), torch.stack(positions).float())
-    return CameraPath(c2w, _intrinsics(K, height, width, fovy_deg), height, width)
+    return CameraPath(c2w, K, height, width)
 
 
 def _slerp(rotations: torch.Tensor, segment: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -258,6 +319,8 @@ def _angles(value: torch.Tensor | Sequence, count: int, name: str) -> torch.Tens
         raise ValueError(f"{name}: expected {count} angles (one per keyframe), got {t.shape[0]}.")
     if not torch.isfinite(t).all():
         raise ValueError(f"{name}: contains NaN or inf; give finite angles in degrees.")
+    if (t.abs() > MAX_ANGLE_DEG).any():
+        raise ValueError(f"{name}: angles must lie within ±{MAX_ANGLE_DEG:g} degrees, got {float(t.abs().max()):.4g}.")
     return t
 
 
@@ -273,15 +336,24 @@ def keyframes(
     """
     keys = _as_points(positions, "positions").reshape(-1, 3)
     n = keys.shape[0]
+    if n == 0:
+        raise ValueError("positions: no keyframes; give at least one position [x, y, z].")
+    check_positions(keys, "positions")
     yaws = _angles(yaws_deg, n, "yaws_deg")
     pitches = torch.zeros_like(yaws) if pitches_deg is None else _angles(pitches_deg, n, "pitches_deg")
     if (pitches.abs() > 90).any():
         raise ValueError(f"pitches_deg: every pitch must be within [-90, 90] degrees, got {pitches.tolist()}.")
-    if isinstance(frames_between, bool) or int(frames_between) != frames_between or frames_between < 0:
-        raise ValueError(f"frames_between: must be a whole number >= 0, got {frames_between}.")
+    frames_between = check_count(frames_between, "frames_between", 0, MAX_PATH_FRAMES - 1, "frames")
+    per_gap = frames_between + 1
+    if (n - 1) * per_gap + 1 > MAX_PATH_FRAMES:
+        raise ValueError(
+            f"frames_between: {n} keyframes with {frames_between} frames between each make {(n - 1) * per_gap + 1} "
+            f"frames, more than the limit of {MAX_PATH_FRAMES}; lower frames_between or use fewer keyframes."
+        )
+    K = _intrinsics(K, height, width, fovy_deg)
     rotations = look_rotation(torch.deg2rad(yaws), torch.deg2rad(pitches))
     if n == 1:
-        return CameraPath(pose_matrix(rotations, keys.float()), _intrinsics(K, height, width, fovy_deg), height, width)
+        return CameraPath(pose_matrix(rotations, keys.float()), K, height, width)
     relative = rotations[:-1].transpose(1, 2).double() @ rotations[1:].double()
     turn = torch.rad2deg(torch.arccos(((relative.diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1)))
     if (turn > MAX_KEYFRAME_TURN_DEG).any():
@@ -290,12 +362,12 @@ def keyframes(
             f"keyframes {gap} and {gap + 1} differ by a {float(turn[gap]):.1f} deg turn, an ambiguous direction; "
             "insert an intermediate keyframe so each turn is below 179 deg."
         )
-    per_gap = int(frames_between) + 1
     frame = torch.arange((n - 1) * per_gap + 1)
     segment = (frame // per_gap).clamp(max=n - 2)
     t = (frame - segment * per_gap).double() / per_gap
-    c2w = pose_matrix(_slerp(rotations, segment, t), _catmull_rom(keys, segment, t).float())
-    return CameraPath(c2w, _intrinsics(K, height, width, fovy_deg), height, width)
+    curve = _catmull_rom(keys, segment, t)
+    check_positions(curve, "keyframes")  # the spline may swing past keyframes near the limit
+    return CameraPath(pose_matrix(_slerp(rotations, segment, t), curve.float()), K, height, width)
 
 
 def keyframes_from_text(
@@ -304,20 +376,22 @@ def keyframes_from_text(
 ) -> CameraPath:
     """:func:`keyframes` from text: one keyframe ``x y z yaw_deg [pitch_deg]`` per line (or per ';'), '#' comments."""
     rows = []
-    for number, line in enumerate((text or "").splitlines(), start=1):
+    for number, line in enumerate(_text(text, "keyframes").splitlines(), start=1):
         for part in line.split("#", 1)[0].split(";"):
             tokens = part.replace(",", " ").split()
             if not tokens:
                 continue
-            try:
-                values = [float(token) for token in tokens]
-            except ValueError:
-                values = []
-            if len(values) not in (4, 5):
+            values = [_number(token) for token in tokens]
+            if len(values) not in (4, 5) or None in values:
                 raise ValueError(
-                    f"keyframes line {number}: '{part.strip()}' is not a keyframe; write 4 or 5 numbers "
+                    f"keyframes line {number}: '{part.strip()}' is not a keyframe; write 4 or 5 plain numbers "
                     "'x y z yaw_deg [pitch_deg]' (metres, degrees), e.g. '0 0 1 90'."
                 )
+            if len(rows) == MAX_COMMANDS:
+                raise ValueError(f"keyframes line {number}: more than the limit of {MAX_COMMANDS} keyframes; "
+                                 "use fewer keyframes and more frames_between.")
+            for label, value, limit in zip(_KEYFRAME_FIELDS, values, _KEYFRAME_LIMITS):
+                check_number(value, f"keyframes line {number} ({label})", -limit, limit)
             rows.append(values + [0.0] * (5 - len(values)))
     if not rows:
         raise ValueError("keyframes: no keyframes in the text; write one per line as 'x y z yaw_deg [pitch_deg]'.")
@@ -337,12 +411,25 @@ def orbit(
     look at ``center``, or along the direction of travel tilted by ``pitch_deg`` when ``look_at_center``
     is False.
     """
-    middle = _as_points(center, "center").reshape(3)
-    if not radius > 0 or not math.isfinite(radius):
-        raise ValueError(f"radius: must be a positive number of metres, got {radius}.")
-    if isinstance(frames, bool) or int(frames) != frames or frames < 1:
-        raise ValueError(f"frames: must be a whole number >= 1, got {frames}.")
-    fraction = torch.linspace(0.0, 1.0, int(frames), dtype=torch.float64) if frames > 1 else torch.zeros(1, dtype=torch.float64)
+    middle = _as_points(center, "center")
+    if tuple(middle.shape) != (3,):
+        raise ValueError(f"center: expected one point [x, y, z], got shape {list(middle.shape)}.")
+    check_positions(middle[None], "center")
+    # A micrometre keeps every camera off the centre it looks at, far below any scene's scale.
+    radius = check_number(radius, "radius", 1e-6, MAX_COORDINATE_M)
+    altitude = check_number(altitude, "altitude", -MAX_COORDINATE_M, MAX_COORDINATE_M)
+    frames = check_count(frames, "frames", 1, MAX_PATH_FRAMES, "cameras")
+    start_deg = check_number(start_deg, "start_deg", -MAX_ANGLE_DEG, MAX_ANGLE_DEG)
+    sweep_deg = check_number(sweep_deg, "sweep_deg", -MAX_ANGLE_DEG, MAX_ANGLE_DEG)
+    pitch_deg = check_number(pitch_deg, "pitch_deg", -90.0, 90.0)
+    if float(middle[:2].abs().max()) + radius > MAX_COORDINATE_M:
+        raise ValueError(f"radius: an orbit of {radius:g} m around ({float(middle[0]):g}, {float(middle[1]):g}) leaves "
+                         f"the limit of {MAX_COORDINATE_M:g} m from the origin; use a smaller radius or move the centre.")
+    if abs(float(middle[2]) + altitude) > MAX_COORDINATE_M:
+        raise ValueError(f"altitude: the cameras would be at z = {float(middle[2]) + altitude:g} m, beyond the limit of "
+                         f"{MAX_COORDINATE_M:g} m from the origin; lower the altitude or the centre.")
+    K = _intrinsics(K, height, width, fovy_deg)
+    fraction = torch.linspace(0.0, 1.0, frames, dtype=torch.float64) if frames > 1 else torch.zeros(1, dtype=torch.float64)
     angle = torch.deg2rad(start_deg + sweep_deg * fraction)
     eye = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle), torch.full_like(angle, altitude)], -1)
     eye = eye + middle
@@ -352,16 +439,16 @@ def orbit(
         heading = angle + math.copysign(math.pi / 2, sweep_deg)
         rotation = look_rotation(heading, torch.full_like(heading, math.radians(pitch_deg)))
         c2w = pose_matrix(rotation, eye.float())
-    return CameraPath(c2w, _intrinsics(K, height, width, fovy_deg), height, width)
+    return CameraPath(c2w, K, height, width)
 
 
 def resample(path: CameraPath, frames: int) -> CameraPath:
     """``path`` re-timed to ``frames`` cameras evenly spaced in time (linear positions, slerped rotations)."""
-    if isinstance(frames, bool) or int(frames) != frames or frames < 1:
-        raise ValueError(f"frames: must be a whole number >= 1, got {frames}.")
+    require_path(path, "path")
+    frames = check_count(frames, "frames", 1, MAX_PATH_FRAMES, "cameras")
     if len(path) == 1 or frames == 1:
-        return CameraPath(path.c2w[:1].expand(int(frames), 4, 4).clone(), path.K, path.height, path.width)
-    time = torch.linspace(0.0, len(path) - 1, int(frames), dtype=torch.float64)
+        return CameraPath(path.c2w[:1].expand(frames, 4, 4).clone(), path.K, path.height, path.width)
+    time = torch.linspace(0.0, len(path) - 1, frames, dtype=torch.float64)
     segment = time.floor().long().clamp(max=len(path) - 2)
     t = time - segment
     start, stop = path.positions[segment].double(), path.positions[segment + 1].double()
@@ -371,44 +458,80 @@ def resample(path: CameraPath, frames: int) -> CameraPath:
 
 def path_to_json(path: CameraPath) -> str:
     """The path as ``come-camera-path/1`` JSON text (float32 values round-trip exactly)."""
+    require_path(path, "path")
     return json.dumps({
         "format": PATH_FORMAT, "height": path.height, "width": path.width,
         "K": path.K.float().tolist(), "c2w": path.c2w.float().tolist(),
     })
 
 
+def _json_skeleton(text: str) -> str:
+    """JSON ``text`` without its strings, in linear time: the brackets and literals of its structure."""
+    # Escapes go first, so every quote left delimits a string; a regex for whole strings would instead
+    # rescan the rest of the text from every quote of an unterminated one (quadratic time).
+    return "".join(_JSON_ESCAPE.sub("", text).split('"')[::2])
+
+
+def _json_too_deep(skeleton: str) -> bool:
+    """Whether a JSON skeleton nests brackets more than ``MAX_JSON_DEPTH`` deep."""
+    depth = 0
+    for bracket in _NOT_BRACKET.sub("", skeleton):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            return True
+    return False
+
+
 def _json_tensor(data: dict, key: str, shape: str) -> torch.Tensor:
     """Field ``key`` as a float32 tensor, or a ValueError saying the expected ``shape``."""
     try:
-        return torch.tensor(data[key], dtype=torch.float32)
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"camera path JSON: '{key}' must be a nested list of numbers of shape {shape}.") from None
+        values = torch.tensor(data[key], dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise ValueError(f"{JSON_NAME}: '{key}' must be a nested list of numbers of shape {shape}.") from None
+    if not torch.isfinite(values.float()).all():
+        raise ValueError(f"{JSON_NAME}: '{key}' has a value beyond the float32 range (about ±3.4e38); "
+                         "give float32 numbers.")
+    return values.float()
 
 
 def path_from_json(text: str) -> CameraPath:
     """A CameraPath from ``come-camera-path/1`` JSON text, with clear errors on bad input."""
+    if not isinstance(text, str):
+        raise ValueError(f"{JSON_NAME}: expected text, got {type(text).__name__}; give the text written by path_to_json.")
+    if len(text) > MAX_JSON_CHARS:
+        raise ValueError(f"{JSON_NAME}: {len(text)} characters is more than the limit of {MAX_JSON_CHARS}; "
+                         f"a path of at most {MAX_PATH_FRAMES} cameras fits in it.")
+    skeleton = _json_skeleton(text)
+    if _json_too_deep(skeleton):
+        raise ValueError(f"{JSON_NAME}: brackets nest more than {MAX_JSON_DEPTH} levels deep (a camera path needs 4); "
+                         "give the text written by path_to_json.")
+    # No field of a camera path takes a literal, and torch would read true as 1.0; Python's json also takes NaN.
+    literal = _JSON_LITERAL.search(skeleton)
+    if literal:
+        raise ValueError(f"{JSON_NAME}: '{literal.group()}' is not a number; height, width, K and c2w take "
+                         "finite numbers only.")
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, TypeError) as err:
-        raise ValueError(f"camera path JSON: not valid JSON ({err}); give the text written by path_to_json.") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{JSON_NAME}: not valid JSON ({err}); give the text written by path_to_json.") from None
     if not isinstance(data, dict):
-        raise ValueError(f"camera path JSON: expected an object {{...}}, got {type(data).__name__}.")
+        raise ValueError(f"{JSON_NAME}: expected an object {{...}}, got {type(data).__name__}.")
     if data.get("format") != PATH_FORMAT:
         raise ValueError(
-            f"camera path JSON: 'format' must be '{PATH_FORMAT}', got {data.get('format')!r}; "
+            f"{JSON_NAME}: 'format' must be '{PATH_FORMAT}', got {data.get('format')!r}; "
             "write the file with memory.paths.path_to_json."
         )
     missing = [key for key in ("height", "width", "K", "c2w") if key not in data]
     if missing:
-        raise ValueError(f"camera path JSON: missing key(s) {missing}; expected format, height, width, K and c2w.")
+        raise ValueError(f"{JSON_NAME}: missing key(s) {missing}; expected format, height, width, K and c2w.")
     for key in ("height", "width"):
         if isinstance(data[key], bool) or not isinstance(data[key], int) or data[key] <= 0:
-            raise ValueError(f"camera path JSON: '{key}' must be a positive whole number of pixels, got {data[key]!r}.")
+            raise ValueError(f"{JSON_NAME}: '{key}' must be a positive whole number of pixels, got {data[key]!r}.")
+    if isinstance(data["c2w"], list) and len(data["c2w"]) > MAX_PATH_FRAMES:
+        raise ValueError(f"{JSON_NAME}: 'c2w' has {len(data['c2w'])} cameras, more than the limit of {MAX_PATH_FRAMES}.")
     K = _json_tensor(data, "K", "[3,3]")
     c2w = _json_tensor(data, "c2w", "[T,4,4]")
     if c2w.ndim != 3 or c2w.shape[0] == 0 or tuple(c2w.shape[1:]) != (4, 4):
-        raise ValueError(f"camera path JSON: 'c2w' must have shape [T,4,4] with T >= 1, got {list(c2w.shape)}.")
-    try:
-        return CameraPath(c2w, K, data["height"], data["width"])
-    except ValueError as err:
-        raise ValueError(f"camera path JSON: {err}") from None
+        raise ValueError(f"{JSON_NAME}: 'c2w' must have shape [T,4,4] with T >= 1, got {list(c2w.shape)}.")
+    check_path(c2w, K, data["height"], data["width"], JSON_NAME)
+    return CameraPath(c2w, K, data["height"], data["width"])

@@ -1,10 +1,13 @@
 """Build camera paths: a text of moves, keyframes, an orbit, or JSON."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
 from comfy_api.latest import io
 
-from ..memory.camera import CameraPath, intrinsics_from_fov
-from ..memory.paths import keyframes_from_text, orbit, parse_moves, path_from_json, path_to_json
+from ..memory.camera import CameraPath, require_path
+from ..memory.paths import JSON_NAME, keyframes_from_text, orbit, parse_moves, path_from_json, path_to_json
 from .types import CATEGORY, CameraPathType
 
 SUBCATEGORY = f"{CATEGORY}/camera"
@@ -31,11 +34,36 @@ def reference_input() -> io.Input:
     )
 
 
-def view_of(reference: CameraPath | None, width: int, height: int, fov_deg: float) -> tuple:
-    """(K, height, width) from the reference path if given, else from the widgets."""
+# Engine errors start with the name of the parameter at fault; these differ from the widget a user edits.
+VIEW_NAMES = {"fovy_deg": "fov_deg"}
+ORBIT_NAMES = {**VIEW_NAMES, "center": "center_x/center_y/center_z", "altitude": "camera_height"}
+
+
+@contextmanager
+def named_inputs(names: Mapping[str, str]) -> Iterator[None]:
+    """Re-raise a ValueError whose message starts with an engine parameter of ``names`` as naming its node input."""
+    try:
+        yield
+    except ValueError as err:
+        message = str(err)
+        for engine, widget in names.items():
+            if message.startswith(engine):
+                raise ValueError(widget + message[len(engine):]) from None
+        raise
+
+
+def view_of(reference: CameraPath | None, width: int, height: int, fov_deg: float) -> dict:
+    """Keyword arguments of the view for a path builder: the reference path's K and size if given, else the widgets'."""
     if reference is not None:
-        return reference.K, reference.height, reference.width
-    return intrinsics_from_fov(height, width, fov_deg), height, width
+        path = require_path(reference, "reference")
+        return {"K": path.K, "height": path.height, "width": path.width}
+    return {"height": height, "width": width, "fovy_deg": fov_deg}
+
+
+def built(build: Callable[..., CameraPath], names: Mapping[str, str], *args: object, **kwargs: object) -> io.NodeOutput:
+    """The output of a path builder, its errors naming the node's inputs."""
+    with named_inputs(names):
+        return io.NodeOutput(build(*args, **kwargs))
 
 
 class CameraPathText(io.ComfyNode):
@@ -65,9 +93,9 @@ class CameraPathText(io.ComfyNode):
     @classmethod
     def execute(cls, moves: str, step_m: float, step_deg: float, width: int, height: int, fov_deg: float,
                 reference: CameraPath | None = None) -> io.NodeOutput:
-        K, h, w = view_of(reference, width, height, fov_deg)
+        view = view_of(reference, width, height, fov_deg)
         start = None if reference is None else reference.c2w[-1]
-        return io.NodeOutput(parse_moves(moves, start_c2w=start, K=K, height=h, width=w, step_m=step_m, step_deg=step_deg))
+        return built(parse_moves, VIEW_NAMES, moves, start_c2w=start, step_m=step_m, step_deg=step_deg, **view)
 
 
 class CameraPathKeyframes(io.ComfyNode):
@@ -95,8 +123,8 @@ class CameraPathKeyframes(io.ComfyNode):
     @classmethod
     def execute(cls, keyframes: str, frames_between: int, width: int, height: int, fov_deg: float,
                 reference: CameraPath | None = None) -> io.NodeOutput:
-        K, h, w = view_of(reference, width, height, fov_deg)
-        return io.NodeOutput(keyframes_from_text(keyframes, frames_between, K=K, height=h, width=w))
+        view = view_of(reference, width, height, fov_deg)
+        return built(keyframes_from_text, VIEW_NAMES, keyframes, frames_between, **view)
 
 
 class CameraPathOrbit(io.ComfyNode):
@@ -131,10 +159,9 @@ class CameraPathOrbit(io.ComfyNode):
     def execute(cls, center_x: float, center_y: float, center_z: float, radius: float, camera_height: float,
                 frames: int, start_deg: float, sweep_deg: float, width: int, height: int, fov_deg: float,
                 reference: CameraPath | None = None) -> io.NodeOutput:
-        K, h, w = view_of(reference, width, height, fov_deg)
-        path = orbit((center_x, center_y, center_z), radius, camera_height, frames, start_deg=start_deg,
-                     sweep_deg=sweep_deg, K=K, height=h, width=w)
-        return io.NodeOutput(path)
+        view = view_of(reference, width, height, fov_deg)
+        return built(orbit, ORBIT_NAMES, (center_x, center_y, center_z), radius, camera_height, frames,
+                     start_deg=start_deg, sweep_deg=sweep_deg, **view)
 
 
 class CameraPathFromJSON(io.ComfyNode):
@@ -154,7 +181,7 @@ class CameraPathFromJSON(io.ComfyNode):
 
     @classmethod
     def execute(cls, json: str) -> io.NodeOutput:
-        return io.NodeOutput(path_from_json(json))
+        return built(path_from_json, {JSON_NAME: "json"}, json)
 
 
 class CameraPathToJSON(io.ComfyNode):
@@ -173,4 +200,4 @@ class CameraPathToJSON(io.ComfyNode):
 
     @classmethod
     def execute(cls, camera_path: CameraPath) -> io.NodeOutput:
-        return io.NodeOutput(path_to_json(camera_path))
+        return built(path_to_json, {"path": "camera_path"}, camera_path)
