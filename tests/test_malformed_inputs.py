@@ -107,3 +107,18 @@ def test_malformed_input_is_rejected_naming_it(env, case):
     added = sorted(str(p) for p in after if p not in before)
     assert not changed and not removed, f"{case.id}: earlier files changed {changed} or vanished {removed}"
     assert not added, f"{case.id}: a rejected input wrote files {added}"
+
+
+def test_every_combo_input_of_the_pack_refuses_a_value_it_never_offered(env):
+    ours = {node_id: cls for node_id, cls in env.mappings.items()
+            if getattr(cls, "RELATIVE_PYTHON_MODULE", "").endswith("ComfyUI-CoME")}
+    checked = []
+    for node_id, cls in ours.items():
+        for spec in cls.GET_SCHEMA().inputs:
+            if spec.get_io_type() != "COMBO":
+                continue
+            with pytest.raises(ValueError) as raised:
+                env.call(node_id, **{spec.id: "no-such-option"})
+            assert spec.id in str(raised.value), f"{node_id}.{spec.id}: {raised.value}"
+            checked.append(f"{node_id}.{spec.id}")
+    assert len(checked) >= 7, checked
