@@ -6,7 +6,9 @@
 #   COMFYUI_SOURCE  a git URL, a local checkout, or a source tarball ComfyUI-*.tar.gz; installed into
 #                   $COME_HOME/ComfyUI with a venv in $COME_HOME/venv (COME_HOME default ~/.cache/comfyui-come)
 #   default         the vendored tarball ../shared/vendor/ComfyUI-*.tar.gz if present, else the official git repo
-# TORCH_PKGS (default "torch==2.14.1 torchvision==0.29.1") is installed when that Python has no torch.
+# TORCH_PKGS (default "torch==2.14.1 torchvision==0.29.1") is installed when that Python has no torch, and
+# .ci/torchaudio.txt when it has no torchaudio (ComfyUI's audio nodes need it; that file says why that release;
+# a TORCH_PKGS with another torch names its own torchaudio).
 set -euo pipefail
 PACK=$(cd "$(dirname "$0")/.." && pwd)
 COME_HOME=${COME_HOME:-$HOME/.cache/comfyui-come}
@@ -48,6 +50,11 @@ fi
 if ! "$PY" -c "import torch" 2>/dev/null; then
   log "pip install $TORCH_PKGS"
   "$PY" -m pip install -q $TORCH_PKGS
+fi
+if ! "$PY" -c "import torchaudio" 2>/dev/null; then
+  log "pip install --no-deps -r .ci/torchaudio.txt"
+  "$PY" -m pip install -q --no-deps -r "$PACK/.ci/torchaudio.txt"
+  "$PY" -c "import torchaudio" || log "WARNING: torchaudio does not import beside this torch; ComfyUI's audio nodes will not load"
 fi
 log "pip install ComfyUI's and the pack's requirements"
 "$PY" -m pip install -q -r <(grep -viE '^(torch|torchvision|torchaudio)([<>=! ]|$)' "$COMFY/requirements.txt") \
