@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import math
 import re
 import sys
 import time
@@ -31,8 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from memory import world_model  # noqa: E402
 from memory.camera import CameraPath  # noqa: E402
 from memory.episode import Episode, read_episode, revisit_frames  # noqa: E402
-from memory.metrics import depth_absrel, frame_grid, machine_info, psnr, ssim  # noqa: E402
+from memory.metrics import depth_absrel, machine_info, psnr, ssim  # noqa: E402
 from memory.mosaic import warp_frames  # noqa: E402
+
+# A sibling module: its folder is first on sys.path when this file runs as a script.
+import plots  # noqa: E402
 
 CONTEXT = 4
 PREDICT = 8
@@ -40,6 +42,7 @@ DEFAULT_WINDOWS = 40
 QUICK_WINDOWS = 2
 QUICK_STEPS = 2
 METHODS = ("model", "repeat_last", "warp_only")
+COLOURS = {"model": "#d23c32", "repeat_last": "#969696", "warp_only": "#4682c8"}
 TARGETS = {"model_minus_repeat_last_psnr_min_db": 3.0, "model_minus_warp_only_psnr_min_db": 0.5,
            "depth_absrel_max": 0.15}
 
@@ -192,37 +195,20 @@ def run(folder: Path, model_folder: Path, windows: int, steps: int, seed: int) -
 
 def plot(result: dict, shown: dict, path: Path) -> None:
     """PNG: bars of the three mean PSNRs, and one window's frames (context | truth, model, warp-only, repeat-last)."""
-    from PIL import Image, ImageDraw
-
-    colours = {"model": (210, 60, 50), "repeat_last": (150, 150, 150), "warp_only": (70, 130, 200)}
-    values = {m: result[f"{m}_psnr"] for m in METHODS}
+    bar_ax, sheet_ax = plots.figure(9, 6.4).subplots(2, 1, height_ratios=[1, 1.1])
+    plots.bars(bar_ax, list(METHODS), [result[f"{m}_psnr"] for m in METHODS], "{:.2f}", [COLOURS[m] for m in METHODS])
+    bar_ax.set_ylabel("PSNR (dB)")
+    bar_ax.set_title(f"mean PSNR over {result['windows']} windows x {PREDICT} frames; model SSIM "
+                     f"{result['model_ssim']:.3f}, depth AbsRel {result['depth_absrel']:.3f}; steps {result['steps']}",
+                     fontsize=9)
     strip_rows = ["truth", "model", "warp_only", "repeat_last"]
-    h, w = shown["truth"].shape[1:3]
-    scale = 2
-    sheet = frame_grid(torch.cat([torch.cat([shown["context"], shown[r]]) for r in strip_rows]), CONTEXT + PREDICT)
-    sheet = Image.fromarray(sheet.numpy()).resize((sheet.shape[1] * scale, sheet.shape[0] * scale), Image.NEAREST)
-    label_w, bars_h, pad = 90, 260, 30
-    image = Image.new("RGB", (label_w + sheet.width + pad, bars_h + sheet.height + 3 * pad), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((pad, 8), f"mean PSNR (dB) over {result['windows']} windows x {PREDICT} frames; model SSIM "
-                        f"{result['model_ssim']:.3f}, depth AbsRel {result['depth_absrel']:.3f}; steps {result['steps']}",
-              fill="black")
-    finite = [v for v in values.values() if math.isfinite(v)]
-    top = max(finite) * 1.15 if finite else 1.0
-    for k, method in enumerate(METHODS):
-        x = pad + 40 + k * 140
-        height = values[method] / top * (bars_h - 2 * pad) if math.isfinite(values[method]) else 0
-        draw.rectangle([x, bars_h - height, x + 90, bars_h], fill=colours[method])
-        draw.text((x, bars_h - height - 14), f"{values[method]:.2f}", fill="black")
-        draw.text((x, bars_h + 4), method, fill="black")
-    y0 = bars_h + 2 * pad
-    draw.text((pad, y0 - 16), f"{Path(shown['file']).name} frames {shown['start']}..{shown['start'] + CONTEXT + PREDICT - 1}: "
-                              f"{CONTEXT} context | {PREDICT} predicted", fill="black")
-    image.paste(sheet, (label_w, y0))
-    for r, name in enumerate(strip_rows):
-        draw.text((6, y0 + r * (h + 2) * scale + h * scale // 2 - 6), name, fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    plots.show_frames(sheet_ax, torch.cat([torch.cat([shown["context"], shown[r]]) for r in strip_rows]),
+                      CONTEXT + PREDICT, f"{Path(shown['file']).name} frames {shown['start']}.."
+                      f"{shown['start'] + CONTEXT + PREDICT - 1}: {CONTEXT} context | {PREDICT} predicted")
+    h, w = (n + plots.GAP for n in shown["truth"].shape[1:3])
+    sheet_ax.set_yticks([r * h + h / 2 for r in range(len(strip_rows))], strip_rows)
+    sheet_ax.axvline(CONTEXT * w - plots.GAP / 2 - 0.5, color="black", linewidth=1)
+    plots.save(sheet_ax.figure, path)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from matplotlib.ticker import MaxNLocator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -23,6 +24,9 @@ from memory.geometry import lift_frame, splat_grids  # noqa: E402
 from memory.metrics import machine_info  # noqa: E402
 from memory.patch_memory import PatchMemory, frames_to_patches, insert_frames, render  # noqa: E402
 from memory.testscene import orbit_cameras, room_views  # noqa: E402
+
+# A sibling module: its folder is first on sys.path when this file runs as a script.
+import plots  # noqa: E402
 
 DEFAULT_EPISODE = Path(__file__).resolve().parents[1] / "memory" / "data" / "sample_episode.safetensors"
 TILE_SPACING_M = 12.0
@@ -175,44 +179,23 @@ def run(episode_path: Path, quick: bool) -> dict:
 
 def plot(result: dict, path: Path) -> None:
     """A two-panel PNG: render latency vs memory size, and revisit PSNR per frame (memory vs direct)."""
-    from PIL import Image, ImageDraw
-
-    width, height, pad = 900, 360, 40
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    panel = (width - 3 * pad) // 2
-
-    def axes(x0: int, title: str) -> None:
-        draw.rectangle([x0, pad, x0 + panel, height - pad], outline="black")
-        draw.text((x0, 10), title, fill="black")
-
+    latency_ax, revisit_ax = plots.figure(10, 4).subplots(1, 2)
     sizes = sorted(int(k) for k in result["render_seconds_median_by_size"])
-    seconds = [result["render_seconds_median_by_size"][str(s)] for s in sizes]
-    axes(pad, "render latency (ms, median) vs stored patches")
-    top = max(seconds) * 1.2
-    for i, (size, sec) in enumerate(zip(sizes, seconds)):
-        x = pad + (i + 0.5) * panel / len(sizes)
-        y = height - pad - sec / top * (height - 2 * pad)
-        draw.rectangle([x - 20, y, x + 20, height - pad], fill=(70, 130, 200))
-        draw.text((x - 25, y - 14), f"{sec * 1000:.0f} ms", fill="black")
-        draw.text((x - 25, height - pad + 5), f"{size:.0e}", fill="black")
-
+    plots.bars(latency_ax, [f"{s:.0e}" for s in sizes],
+               [result["render_seconds_median_by_size"][str(s)] * 1000 for s in sizes], "{:.1f} ms", ["#4682c8"] * len(sizes))
+    latency_ax.set_xlabel("stored patches")
+    latency_ax.set_ylabel("ms")
+    latency_ax.set_title("render latency (median) vs stored patches", fontsize=9)
     frames = result["revisit"]["per_frame"]
-    x0 = 2 * pad + panel
-    axes(x0, f"revisit PSNR (dB): memory (red) vs direct (grey), gap {result['revisit_psnr_gap_db']:+.2f} dB")
-    values = [v for f in frames for v in (f["psnr_memory_db"], f["psnr_direct_db"]) if v == v]
-    lo, hi = (min(values) - 1, max(values) + 1) if values else (0, 1)
-    for key, colour in (("psnr_direct_db", (150, 150, 150)), ("psnr_memory_db", (210, 60, 50))):
-        pts = [(x0 + (i + 0.5) * panel / max(1, len(frames)), height - pad - (f[key] - lo) / (hi - lo) * (height - 2 * pad))
-               for i, f in enumerate(frames) if f[key] == f[key]]
-        if len(pts) > 1:
-            draw.line(pts, fill=colour, width=2)
-        for x, y in pts:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-    draw.text((x0 + 5, pad + 5), f"{hi:.1f}", fill="black")
-    draw.text((x0 + 5, height - pad - 15), f"{lo:.1f}", fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    for key, colour, label in (("psnr_direct_db", "#969696", "direct reprojection"), ("psnr_memory_db", "#d23c32", "memory")):
+        # a NaN (a frame with no pixel to compare) leaves a gap in the line
+        revisit_ax.plot([f["frame"] for f in frames], [f[key] for f in frames], "o-", color=colour, markersize=3, label=label)
+    revisit_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    revisit_ax.set_xlabel("episode frame (revisits)")
+    revisit_ax.set_ylabel("PSNR (dB)")
+    revisit_ax.set_title(f"revisit PSNR, gap {result['revisit_psnr_gap_db']:+.2f} dB", fontsize=9)
+    revisit_ax.legend(fontsize=8)
+    plots.save(revisit_ax.figure, path)
 
 
 def main() -> None:

@@ -21,13 +21,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# A sibling script: its folder is first on sys.path when this file runs as a script.
+# Sibling modules: their folder is first on sys.path when this file runs as a script.
+import plots  # noqa: E402
 from next_chunk import navigate_default, resolve_model  # noqa: E402
 
 from memory import world_model  # noqa: E402
 from memory.camera import CameraPath  # noqa: E402
 from memory.episode import SAMPLE_EPISODE, read_episode  # noqa: E402
-from memory.metrics import frame_grid, machine_info, psnr  # noqa: E402
+from memory.metrics import machine_info, psnr  # noqa: E402
 
 FRAMES = 64
 INITIAL = 1
@@ -87,12 +88,10 @@ def run(model_folder: Path, steps: int, chunk: int, given_depth: bool) -> tuple[
 
 def plot(generated: torch.Tensor, truth: torch.Tensor, path: Path) -> None:
     """Contact sheet PNG: the generated frames (left) next to the ground-truth frames (right), row-major."""
-    from PIL import Image
-
-    left, right = frame_grid(generated, SHEET_COLUMNS), frame_grid(truth, SHEET_COLUMNS)
-    gap = torch.full((left.shape[0], 12, 3), 255, dtype=torch.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(torch.cat([left, gap, right], 1).numpy()).save(path)
+    generated_ax, truth_ax = plots.figure(10, 5.4).subplots(1, 2)
+    plots.show_frames(generated_ax, generated, SHEET_COLUMNS, f"generated ({len(generated)} frames)")
+    plots.show_frames(truth_ax, truth, SHEET_COLUMNS, "ground truth")
+    plots.save(truth_ax.figure, path)
 
 
 def main() -> None:
