@@ -414,7 +414,8 @@ def orbit(
     middle = _as_points(center, "center")
     if tuple(middle.shape) != (3,):
         raise ValueError(f"center: expected one point [x, y, z], got shape {list(middle.shape)}.")
-    check_positions(middle[None], "center")
+    for axis, value in zip("xyz", middle.tolist()):
+        check_number(value, f"center_{axis}", -MAX_COORDINATE_M, MAX_COORDINATE_M)
     # A micrometre keeps every camera off the centre it looks at, far below any scene's scale.
     radius = check_number(radius, "radius", 1e-6, MAX_COORDINATE_M)
     altitude = check_number(altitude, "altitude", -MAX_COORDINATE_M, MAX_COORDINATE_M)

@@ -47,7 +47,8 @@ def named_inputs(names: Mapping[str, str]) -> Iterator[None]:
     except ValueError as err:
         message = str(err)
         for engine, widget in names.items():
-            if message.startswith(engine):
+            # The name must end there ('center: ...', 'camera path JSON (height): ...'), not go on ('center_z').
+            if message.startswith(engine) and message[len(engine):len(engine) + 1] in (":", " "):
                 raise ValueError(widget + message[len(engine):]) from None
         raise
 

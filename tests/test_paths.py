@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
 
 from memory.camera import CameraPath, intrinsics_from_fov, pitch_of, yaw_of
 from memory.geometry import project
+from memory.limits import MAX_COMMANDS, MAX_JSON_CHARS, MAX_PATH_FRAMES, MAX_TEXT_CHARS
 from memory.paths import keyframes, keyframes_from_text, look_at, orbit, parse_moves, path_from_json, path_to_json, resample
 
 
@@ -319,3 +321,190 @@ def _json_with(**changes) -> str:
 def test_bad_json_raises_clear_errors(text, message):
     with pytest.raises(ValueError, match=f"camera path JSON: .*{message}"):
         path_from_json(text)
+
+
+@pytest.mark.parametrize("amount, metres", [("1", 1.0), ("1.", 1.0), (".5", 0.5), ("0.25", 0.25), ("1e0", 1.0),
+                                            ("2.5E-1", 0.25), ("+1", 1.0), ("05", 5.0)])
+def test_amounts_are_plain_decimal_numbers(amount, metres):
+    path = parse_moves(f"forward {amount}")
+    assert float(path.positions[-1, 0]) == pytest.approx(metres, abs=1e-6)
+
+
+@pytest.mark.parametrize("amount", ["1_0", "\u0661", "\uff11", "\u00b2", "inf", "nan", "Infinity", "0x10", "1e", "e1",
+                                    "1.2.3", "+-1", "\u22121"])
+def test_amounts_outside_the_grammar_are_not_numbers(amount):
+    with pytest.raises(ValueError, match=r"moves line 1: .*is not a number; write a plain finite number"):
+        parse_moves(f"forward {amount}")
+
+
+def test_keyframe_numbers_follow_the_same_grammar():
+    path = keyframes_from_text("-1.5e0 +0 .5 -90\n0 0 .5 -45 -1E1", frames_between=0)
+    assert torch.allclose(path.positions[0], torch.tensor([-1.5, 0.0, 0.5]))
+    assert float(degrees(pitch_of(path.c2w))[1]) == pytest.approx(-10.0, abs=1e-4)
+    for bad in ("1_0", "\u0661", "inf", "nan", "0x10"):
+        with pytest.raises(ValueError, match="keyframes line 2: .* is not a keyframe"):
+            keyframes_from_text(f"0 0 1 0\n0 0 {bad} 0")
+
+
+@pytest.mark.parametrize("program", [
+    "forward 1e6", "wait 1e7", "turn_left 1e300", "look_up 0; forward 1; turn_left 90; back 9999.95",
+])
+def test_programs_over_the_frame_limit_are_refused_before_any_frame(program, monkeypatch):
+    def no_frame_work(*args, **kwargs):
+        raise AssertionError("a frame was built before the frame limit was checked")
+
+    monkeypatch.setattr("memory.paths.axis_angle_to_rotation_matrix", no_frame_work)
+    with pytest.raises(ValueError, match=f"moves line 1: .*more than the limit of {MAX_PATH_FRAMES}"):
+        parse_moves(program)
+
+
+def test_the_frame_limit_is_exact():
+    assert len(parse_moves(f"forward {(MAX_PATH_FRAMES - 1) / 10}")) == MAX_PATH_FRAMES
+    with pytest.raises(ValueError, match="limit of 100000"):
+        parse_moves(f"wait {MAX_PATH_FRAMES}")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("forward 0\n" * 200_000, "more than the limit of 1000000"),
+    ("up 0;" * (MAX_COMMANDS + 1), f"more than the limit of {MAX_COMMANDS} commands"),
+    ("# " + "x" * MAX_TEXT_CHARS, "characters is more than the limit"),
+])
+def test_long_programs_are_refused(text, message):
+    with pytest.raises(ValueError, match=f"moves.*{message}"):
+        parse_moves(text)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(step_m=0.0), "step_m: 0.0 is outside"),
+    (dict(step_m=float("nan")), "step_m: must be a finite number"),
+    (dict(step_deg=True), "step_deg: must be a finite number"),
+    (dict(step_deg=float("inf")), "step_deg: must be a finite number"),
+    (dict(height=10**9), r"image size \(height\): 1000000000 is outside the allowed range 1..4096"),
+    (dict(width=64.0), r"image size \(width\): must be a whole number"),
+    (dict(fovy_deg=0.0), "fovy_deg: 0.0 is outside"),
+    (dict(fovy_deg=180.0), "fovy_deg: 180.0 is outside"),
+    (dict(K=torch.tensor([[50.0, 1.0, 32.0], [0.0, 50.0, 32.0], [0.0, 0.0, 1.0]])), "K: K must be a pinhole matrix"),
+    (dict(step_m=99_999.0, text="forward 1e9"), "moves: camera .* beyond the limit of 100000 m"),
+])
+def test_move_settings_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        parse_moves(**{"text": "forward 1", **kwargs})
+
+
+@pytest.mark.parametrize("text, frames_between, message", [
+    ("0 0 1 0\n1 0 1 0\n" * 100, 1000, "frames_between: 200 keyframes with 1000 frames between each make 199200"),
+    ("0 0 1 0\n1 0 1 45", 10**9, "frames_between: 1000000000 is outside the allowed range 0..99999"),
+    ("0 0 1 0;" * (MAX_COMMANDS + 1), 0, f"keyframes line 1: more than the limit of {MAX_COMMANDS} keyframes"),
+    ("1e300 0 1 0", 1, r"keyframes line 1 \(x\): 1e\+300 is outside"),
+    ("0 0 1 1e300", 1, r"keyframes line 1 \(yaw_deg\): 1e\+300 is outside"),
+    ("0 0 1 0 95", 1, r"keyframes line 1 \(pitch_deg\): 95.0 is outside"),
+    ("0 0 0 0\n100000 0 0 0\n100000 100000 0 0", 8, "keyframes: camera .* beyond the limit of 100000 m"),
+    (["0 0 1 0"], 1, "keyframes: expected text, got list"),
+])
+def test_keyframe_limits(text, frames_between, message):
+    with pytest.raises(ValueError, match=message):
+        keyframes_from_text(text, frames_between)
+
+
+def test_keyframe_tensors_are_bounded_too():
+    with pytest.raises(ValueError, match="positions: no keyframes"):
+        keyframes(torch.zeros(0, 3), [])
+    with pytest.raises(ValueError, match="yaws_deg: angles must lie within"):
+        keyframes(torch.zeros(2, 3), [0, 1e300])
+    with pytest.raises(ValueError, match="positions: camera 1 would be 1e\\+06 m"):
+        keyframes([[0, 0, 0], [1e6, 0, 0]], [0, 0])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(frames=MAX_PATH_FRAMES + 1), "frames: 100001 is outside the allowed range 1..100000"),
+    (dict(frames=2.5), "frames: must be a whole number"),
+    (dict(radius=float("nan")), "radius: must be a finite number"),
+    (dict(radius=1e-9), "radius: 1e-09 is outside"),
+    (dict(center=[0.0, 0.0, 1e9]), "center_z: 1000000000.0 is outside"),
+    (dict(center=[[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]), r"center: expected one point \[x, y, z\]"),
+    (dict(altitude=float("inf")), "altitude: must be a finite number"),
+    (dict(center=[0.0, 0.0, 99_999.0], altitude=99_999.0), "altitude: the cameras would be at z = 199998 m"),
+    (dict(center=[99_999.0, 0.0, 0.0], radius=10.0), "radius: an orbit of 10 m around"),
+    (dict(start_deg=float("nan")), "start_deg: must be a finite number"),
+    (dict(sweep_deg=1e300), "sweep_deg: 1e\\+300 is outside"),
+    (dict(fovy_deg=float("nan")), "fovy_deg: must be a finite number"),
+])
+def test_orbit_limits(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        orbit(**{"center": [0.0, 0.0, 0.0], "radius": 1.0, "altitude": 0.5, "frames": 8, **kwargs})
+
+
+def test_resample_and_json_export_refuse_what_they_cannot_make():
+    with pytest.raises(ValueError, match="frames: 1000000000 is outside"):
+        resample(parse_moves("forward 1"), 10**9)
+    empty = parse_moves("forward 1").slice(0, 0)
+    with pytest.raises(ValueError, match="path: the camera path has no cameras"):
+        resample(empty, 4)
+    with pytest.raises(ValueError, match="path: the camera path has no cameras"):
+        path_to_json(empty)
+    with pytest.raises(ValueError, match="path: expected a camera path, got str"):
+        path_to_json("forward 1")
+
+
+K64 = [[50.0, 0.0, 32.0], [0.0, 50.0, 32.0], [0.0, 0.0, 1.0]]
+
+
+@pytest.mark.parametrize("K, height, width, c2w, message", [
+    ([[50.0, 2.0, 32.0], [0.0, 50.0, 32.0], [0.0, 0.0, 1.0]], 64, 64, None, "K must be a pinhole matrix"),
+    ([[50.0, 0.0, 32.0], [0.0, 50.0, 32.0], [0.0, 0.1, 1.0]], 64, 64, None, "K must be a pinhole matrix"),
+    ([[50.0, 0.0, 32.0], [0.0, 50.0, 32.0], [0.0, 0.0, 2.0]], 64, 64, None, "K must be a pinhole matrix"),
+    ([[50.0, 0.0, 70.0], [0.0, 50.0, 32.0], [0.0, 0.0, 1.0]], 64, 64, None, r"principal point \(70.0, 32.0\) lies outside"),
+    ([[-50.0, 0.0, 32.0], [0.0, 50.0, 32.0], [0.0, 0.0, 1.0]], 64, 64, None, "focal lengths must be positive"),
+    ([[float("nan"), 0.0, 32.0], [0.0, 50.0, 32.0], [0.0, 0.0, 1.0]], 64, 64, None, "K contains NaN"),
+    (K64, 64.0, 64, None, r"\(height\): must be a whole number of pixels"),
+    (K64, 64, True, None, r"\(width\): must be a whole number of pixels"),
+    (K64, 64, 10**9, None, r"\(width\): 1000000000 is outside"),
+    (K64, 64, 64, torch.eye(4).expand(MAX_PATH_FRAMES + 1, 4, 4), r"\(cameras\): 100001 is outside"),
+    (K64, 64, 64, torch.tensor([[[1.0, 0, 0, 2e5], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]]), "beyond the limit of 100000 m"),
+])
+def test_camera_path_refuses_what_no_builder_makes(K, height, width, c2w, message):
+    c2w = torch.eye(4)[None] if c2w is None else c2w
+    with pytest.raises(ValueError, match=f"CameraPath.*{message}"):
+        CameraPath(c2w, torch.tensor(K), height, width)
+
+
+def test_an_empty_camera_path_is_still_a_value():
+    """Slicing past the end gives a path of no camera (as Python slices do); nodes refuse it as an input."""
+    assert len(parse_moves("forward 1").slice(20, 30)) == 0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 100_000 + "]" * 100_000, "brackets nest more than 8 levels deep"),
+    (" " * (MAX_JSON_CHARS + 1), f"characters is more than the limit of {MAX_JSON_CHARS}"),
+    (_json_with(height=True), "'true' is not a number"),
+    (_json_with(height=64.0), "'height' must be a positive whole number"),
+    (_json_with(width=10**9), r"\(width\): 1000000000 is outside"),
+    (_json_with(K=[[float("nan"), 0, 32], [0, 50, 32], [0, 0, 1]]), "'NaN' is not a number"),
+    (_json_with(K=[[1e39, 0, 32], [0, 50, 32], [0, 0, 1]]), "'K' has a value beyond the float32 range"),
+    (_json_with(K=[[50, 0, 32], [0, 50, 32], [0, 0, 2]]), "K must be a pinhole matrix"),
+    (_json_with(c2w=[[[1, 0, 0, float("-inf")], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]]), "'Infinity' is not a number"),
+    (_json_with(c2w=[[[1, 0, 0, 1e6], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]]), "beyond the limit of 100000 m"),
+    (_json_with(c2w=[[[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]] * (MAX_PATH_FRAMES + 1)),
+     f"'c2w' has {MAX_PATH_FRAMES + 1} cameras, more than the limit"),
+    (None, "expected text, got NoneType"),
+])
+def test_json_limits_and_values(text, message):
+    with pytest.raises(ValueError, match=f"camera path JSON.*{message}"):
+        path_from_json(text)
+
+
+def test_json_prescan_counts_only_brackets_outside_strings():
+    nested_in_a_string = _json_with(format="[[[[[[[[[[[[{{{{{{{{{{")
+    with pytest.raises(ValueError, match="'format' must be"):
+        path_from_json(nested_in_a_string)
+    literal_in_a_string = _json_with(format="true NaN")
+    with pytest.raises(ValueError, match="'format' must be"):
+        path_from_json(literal_in_a_string)
+
+
+def test_json_prescan_is_linear_in_the_text():
+    """An unterminated string of escaped quotes makes a whole-string regex rescan from every quote (minutes here)."""
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="not valid JSON"):
+        path_from_json('"' + '\\"' * 1_000_000)
+    assert time.perf_counter() - start < 5.0
