@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from .camera import CameraPath, validate_cameras
+from .camera import CameraPath, require_path, validate_cameras
 from .geometry import NEAR, Rendering, splat_grids
-from .limits import MAX_PATCHES, MAX_PATH_FRAMES, check_count, check_image_size
+from .limits import MAX_PATCHES, check_count, check_image_size
 from .patches import PatchMemory, check_memory
 
 COVER_FACTOR = 3.0
@@ -158,10 +158,7 @@ def stack_renderings(frames: Sequence[Rendering]) -> tuple[torch.Tensor, torch.T
 
 def check_render_path(path: object, name: str) -> CameraPath:
     """``path`` if it is a non-empty CameraPath whose renderings fit the limits, else a ValueError naming ``name``."""
-    if not isinstance(path, CameraPath):
-        raise ValueError(f"{name}: expected a camera path, got {type(path).__name__}; connect a camera path output.")
-    check_count(len(path), f"{name} (frames)", 1, MAX_PATH_FRAMES, "cameras")
-    check_image_size(path.height, path.width, name)
+    require_path(path, name)  # a CameraPath's own size and camera count are within the limits already
     pixels = len(path) * path.height * path.width
     if pixels > MAX_RENDER_PIXELS:
         raise ValueError(f"{name}: {len(path)} frames of {path.height}x{path.width} are {pixels} pixels, more than the "

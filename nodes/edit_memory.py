@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..memory.camera import CameraPath
+from ..memory.camera import CameraPath, require_path
 from ..memory.edits import delete, duplicate, keep_only, move, select_box, select_frames, select_mask, select_sphere
 from ..memory.patch_memory import PatchMemory, check_memory
 from .patch_memory import SUBCATEGORY, check_widgets, transform_from_widgets, transform_inputs
@@ -102,8 +102,7 @@ def mask_view(mask: torch.Tensor | None, camera: CameraPath | None, frame: int) 
     if missing:
         raise ValueError(f"{' and '.join(missing)}: selection 'mask' needs a MASK (white = the patches to select) "
                          "and mask_camera, the camera path it was drawn on; connect them or choose another selection.")
-    if not isinstance(camera, CameraPath) or len(camera) == 0:
-        raise ValueError("mask_camera: expected a camera path with at least one camera; connect a camera path output.")
+    require_path(camera, "mask_camera")
     if not 0 <= frame < len(camera):
         raise ValueError(f"mask_frame: {frame} is outside mask_camera's {len(camera)} cameras; pick 0..{len(camera) - 1}.")
     if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3) or 0 in mask.shape:

@@ -6,7 +6,7 @@ import math
 import torch
 from comfy_api.latest import io
 
-from ..memory.camera import CameraPath
+from ..memory.camera import CameraPath, require_path
 from ..memory.depth import DepthMaps, check_metric_depth, depth_to_image
 from ..memory.edits import merge, rigid_transform
 from ..memory.limits import check_frames
@@ -87,9 +87,7 @@ class BuildPatchMemory(io.ComfyNode):
         first_frame, last_frame, frame_stride = int(first_frame), int(last_frame), int(frame_stride)
         frames = check_frames(frames, "frames")
         depth = check_metric_depth(metric_depth, "metric_depth")
-        if not isinstance(camera_path, CameraPath):
-            raise ValueError(f"camera_path: expected a camera path, got {type(camera_path).__name__}; "
-                             "connect the camera_path output recorded with the frames.")
+        require_path(camera_path, "camera_path")
         total = len(frames)
         for name, count, what in (("metric_depth", len(depth), "depth maps"), ("camera_path", len(camera_path), "cameras")):
             if count != total:

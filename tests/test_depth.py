@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memory.depth import DepthMaps, depth_from_image, depth_to_image
+from memory.depth import DepthMaps, check_metric_depth, depth_from_image, depth_to_image
 
 
 def test_depth_to_image_is_inverse_depth_with_one_scale_per_batch():
@@ -47,3 +47,35 @@ def test_depth_maps_needs_three_dimensions():
     with pytest.raises(ValueError, match=r"\[T,H,W\]"):
         DepthMaps(torch.zeros(4, 4))
     assert len(DepthMaps(torch.zeros(3, 4, 4))) == 3
+
+
+@pytest.mark.parametrize("image, text", [
+    (torch.full((1, 2, 2, 3), float("nan")), "NaN"),
+    (torch.zeros(1, 2, 2, 0), "0 channels"),
+    (torch.full((1, 2, 2, 3), 2.0), "0..1"),
+    (torch.full((1, 2, 2, 1), -0.1), "0..1"),
+    (torch.zeros(0, 2, 2, 3), "at least one image"),
+    (torch.zeros(1, 2, 2, 3, dtype=torch.uint8), "float"),
+])
+def test_depth_image_must_be_a_finite_unit_range_image(image, text):
+    with pytest.raises(ValueError, match=f"depth_image: .*{text}"):
+        depth_from_image(image, 0.3, 20.0)
+
+
+@pytest.mark.parametrize("near, far, name", [
+    (float("nan"), 20.0, "near"), (0.0, 20.0, "near"), (0.3, float("inf"), "far"), (0.3, -1.0, "far"),
+])
+def test_near_and_far_errors_name_the_bad_one(near, far, name):
+    with pytest.raises(ValueError, match=f"^{name}: must be a positive finite number"):
+        depth_from_image(torch.full((1, 2, 2, 3), 0.5), near, far)
+
+
+@pytest.mark.parametrize("depth, text", [
+    (torch.full((1, 2, 2), float("nan")), "NaN"), (torch.full((1, 2, 2), -1.0), "negative"),
+    (torch.zeros(1, 2, 2), "every pixel is 0"), (torch.ones(2, 2), r"\[T,H,W\]"),
+    (torch.ones(1, 2, 2, dtype=torch.int32), r"\[T,H,W\]"),
+])
+def test_metric_depth_check_names_the_input(depth, text):
+    with pytest.raises(ValueError, match=f"metric_depth: .*{text}"):
+        check_metric_depth(depth, "metric_depth")
+    assert check_metric_depth(DepthMaps(torch.ones(1, 2, 2)), "metric_depth").dtype == torch.float32

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import memory.patches as patches_module
 from memory.camera import intrinsics_from_fov, look_rotation, pose_matrix
 from memory.edits import (
     delete, duplicate, keep_only, merge, move, rigid_transform, select_box, select_frames, select_group, select_mask,
@@ -196,3 +197,18 @@ def test_select_mask_picks_the_visible_surface_under_the_mask(scene):
     assert not bool(select_mask(memory, torch.zeros(SIZE, SIZE, dtype=torch.bool), K, pose).any())
     with pytest.raises(ValueError, match="mask"):
         select_mask(memory, torch.ones(2, SIZE, SIZE), K, pose)
+
+
+def test_non_finite_selections_and_oversized_edits_are_refused(scene, monkeypatch):
+    memory = scene[0]
+    with pytest.raises(ValueError, match="radius"):
+        select_sphere(memory, [0, 0, 0], float("nan"))
+    everything = torch.ones(len(memory), dtype=torch.bool)
+    monkeypatch.setattr(patches_module, "MAX_PATCHES", len(memory) + 1)
+    with pytest.raises(ValueError, match="memory: the result would hold"):
+        duplicate(memory, everything, torch.eye(4))
+    with pytest.raises(ValueError, match="b: the result would hold"):
+        merge(memory, memory)
+    pose = scene[1][0]
+    with pytest.raises(ValueError, match="mask: contains NaN"):
+        select_mask(memory, torch.full((SIZE, SIZE), float("nan")), scene[2], pose)

@@ -243,3 +243,22 @@ def test_trajectories_are_deterministic_smooth_and_collision_free() -> None:
     turn = torch.from_numpy((a.yaw[1:] - a.yaw[:-1] + math.pi) % (2 * math.pi) - math.pi).abs()
     assert step.max() <= 0.3 + 1e-6 and turn.max() <= math.radians(22.5) + 1e-6
     assert step.sum() > 5.0
+
+
+@pytest.mark.parametrize("tensors, metadata, message", [
+    ("ok", {"context_frames": "\u0663"}, "context_frames = '\u0663' is not an integer"),
+    ("ok", {"seed": "1_0"}, "seed = '1_0' is not an integer"),
+    ("ok", {"seed": "-1"}, "seed = -1 is outside"),
+    ("extra", {}, r"unexpected tensors \['extra'\]"),
+])
+def test_reader_refuses_what_int_and_extra_tensors_would_let_through(tmp_path: Path, tensors: str, metadata: dict,
+                                                                     message: str) -> None:
+    episode = make_episode()
+    data = {"rgb": episode.rgb, "depth": episode.depth.half(), "c2w": episode.c2w, "K": episode.K}
+    if tensors == "extra":
+        data["extra"] = torch.zeros(2)
+    meta = {"format": "come-episode/1", "source": "x", "seed": "0", "context_frames": "3", "description": ""} | metadata
+    path = tmp_path / "bad.safetensors"
+    save_file(data, str(path), metadata=meta)
+    with pytest.raises(ValueError, match=f"^episode: {re.escape(str(path))}: .*{message}"):
+        read_episode(path)

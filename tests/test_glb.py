@@ -86,3 +86,10 @@ def test_memory_points_export(tmp_path):
     assert position["count"] == len(points)
     # The room is 3 m high (world z in [0, 3]) -> glTF y in [0, 3].
     assert -0.01 <= position["min"][1] and position["max"][1] <= 3.01
+
+
+@pytest.mark.parametrize("max_points", [0, -5, 10**12, 2.5])
+def test_max_points_outside_its_range_is_refused(tmp_path, max_points):
+    with pytest.raises(ValueError, match="max_points"):
+        export_glb(torch.zeros(4, 3), torch.zeros(4, 3), tmp_path / "bad.glb", max_points=max_points)
+    assert not (tmp_path / "bad.glb").exists()

@@ -125,3 +125,9 @@ def test_scale_bar_has_a_round_length():
 def test_bad_inputs_raise(kwargs, text):
     with pytest.raises(ValueError, match=text):
         top_down_map(**kwargs)
+
+
+@pytest.mark.parametrize("size", [10**9, 4097, float("nan"), float("inf"), "512"])
+def test_map_size_beyond_the_image_limit_is_refused_at_once(size):
+    with pytest.raises(ValueError, match="size: must be a whole number of pixels in 64..4096"):
+        top_down_map(size=size)
