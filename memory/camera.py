@@ -76,7 +76,7 @@ def validate_cameras(c2w: torch.Tensor, K: torch.Tensor, name: str) -> None:
 
 
 def check_number(value: object, name: str, low: float, high: float, *, open_interval: bool = False) -> float:
-    """``value`` as a finite float within ``low..high`` (ends excluded if ``open_interval``), else a ValueError naming ``name``."""
+    """``value`` as a finite float within ``low..high`` (ends excluded if ``open_interval``), else a ValueError."""
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
         raise ValueError(f"{name}: must be a finite number, got {value!r}.")
     inside = low < value < high if open_interval else low <= value <= high
@@ -96,9 +96,10 @@ def check_size(height: object, width: object, name: str) -> None:
 
 
 def check_pinhole(K: object, height: int, width: int, name: str) -> None:
-    """ValueError naming ``name`` unless ``K`` is a finite pinhole [[fx,0,cx],[0,fy,cy],[0,0,1]] of a height x width image."""
+    """ValueError naming ``name`` unless ``K`` is a finite pinhole [[fx,0,cx],[0,fy,cy],[0,0,1]] of this image size."""
     if not isinstance(K, torch.Tensor) or tuple(K.shape) != (3, 3):
-        raise ValueError(f"{name}: K must be a [3,3] tensor, got {list(K.shape) if isinstance(K, torch.Tensor) else K!r}.")
+        got = list(K.shape) if isinstance(K, torch.Tensor) else type(K).__name__
+        raise ValueError(f"{name}: K must be a [3,3] tensor, got {got}.")
     if not torch.isfinite(K).all():
         raise ValueError(f"{name}: K contains NaN or inf; give finite pixel intrinsics.")
     (fx, skew, cx), (lower, fy, cy), last = K.double().tolist()
@@ -130,7 +131,7 @@ def check_path(c2w: object, K: object, height: object, width: object, name: str)
         raise ValueError(f"{name}: c2w must be a [T,4,4] tensor, got {type(c2w).__name__}.")
     check_size(height, width, name)
     if c2w.ndim == 3:
-        check_count(int(c2w.shape[0]), f"{name} (cameras)", 0, MAX_PATH_FRAMES)
+        check_count(int(c2w.shape[0]), f"{name} (cameras)", 0, MAX_PATH_FRAMES, "cameras")
     check_pinhole(K, height, width, name)
     validate_cameras(c2w, K, name)
     check_positions(c2w[:, :3, 3], name)

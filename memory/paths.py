@@ -118,7 +118,7 @@ _VERB_HELP = (
 
 
 def _intrinsics(K: torch.Tensor | None, height: int, width: int, fovy_deg: float) -> torch.Tensor:
-    """The given pinhole ``K`` as float32, or a centred pinhole from the vertical field of view; the size is checked first."""
+    """The given pinhole ``K`` as float32, or a centred pinhole of the vertical field of view; size checked first."""
     check_size(height, width, "image size")
     if K is not None:
         K = torch.as_tensor(K, dtype=torch.float32)
@@ -129,13 +129,14 @@ def _intrinsics(K: torch.Tensor | None, height: int, width: int, fovy_deg: float
 
 
 def _text(text: str | None, name: str) -> str:
-    """``text`` (None counts as empty) if it is a string of at most ``MAX_TEXT_CHARS``, else a ValueError naming ``name``."""
+    """``text`` (None counts as empty) if it is a string of at most ``MAX_TEXT_CHARS``, else a ValueError."""
     if text is None:
         return ""
     if not isinstance(text, str):
         raise ValueError(f"{name}: expected text, got {type(text).__name__}.")
     if len(text) > MAX_TEXT_CHARS:
-        raise ValueError(f"{name}: {len(text)} characters is more than the limit of {MAX_TEXT_CHARS}; write a shorter text.")
+        raise ValueError(f"{name}: {len(text)} characters is more than the limit of {MAX_TEXT_CHARS}; "
+                         "write a shorter text.")
     return text
 
 

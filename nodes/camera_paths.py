@@ -61,8 +61,8 @@ def view_of(reference: CameraPath | None, width: int, height: int, fov_deg: floa
     return {"height": height, "width": width, "fovy_deg": fov_deg}
 
 
-def built(build: Callable[..., CameraPath], names: Mapping[str, str], *args: object, **kwargs: object) -> io.NodeOutput:
-    """The output of a path builder, its errors naming the node's inputs."""
+def built(build: Callable[..., object], names: Mapping[str, str], *args: object, **kwargs: object) -> io.NodeOutput:
+    """The node output of an engine call, its errors naming the node's inputs."""
     with named_inputs(names):
         return io.NodeOutput(build(*args, **kwargs))
 

@@ -460,7 +460,8 @@ K64 = [[50.0, 0.0, 32.0], [0.0, 50.0, 32.0], [0.0, 0.0, 1.0]]
     (K64, 64, True, None, r"\(width\): must be a whole number of pixels"),
     (K64, 64, 10**9, None, r"\(width\): 1000000000 is outside"),
     (K64, 64, 64, torch.eye(4).expand(MAX_PATH_FRAMES + 1, 4, 4), r"\(cameras\): 100001 is outside"),
-    (K64, 64, 64, torch.tensor([[[1.0, 0, 0, 2e5], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]]), "beyond the limit of 100000 m"),
+    (K64, 64, 64, torch.tensor([[[1.0, 0, 0, 2e5], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]]),
+     "beyond the limit of 100000 m"),
 ])
 def test_camera_path_refuses_what_no_builder_makes(K, height, width, c2w, message):
     c2w = torch.eye(4)[None] if c2w is None else c2w

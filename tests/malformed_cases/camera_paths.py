@@ -19,6 +19,8 @@ FROM_JSON = "CoMECameraPathFromJSON"
 TO_JSON = "CoMECameraPathToJSON"
 Call = Callable[[Env], object]
 EYE = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+K64 = [[50.0, 0.0, 32.0], [0.0, 50.0, 32.0], [0.0, 0.0, 1.0]]
+SKEWED = [[50.0, 3.0, 32.0], [0.0, 50.0, 32.0], [0.0, 0.0, 1.0]]
 
 
 def moves(text: str, **overrides: object) -> Call:
@@ -184,11 +186,10 @@ CASES: list[Case] = [
     Case("camera-to-json-empty-path", "camera_path", lambda env: env.call(TO_JSON, camera_path=empty_path(env))),
     # The engine: the CameraPath value refuses what no builder may make, and resample is bounded.
     Case("camera-value-skewed-K", "CameraPath",
-         lambda env: CameraPath(torch.eye(4)[None], torch.tensor([[50.0, 3.0, 32.0], [0.0, 50.0, 32.0], [0.0, 0.0, 1.0]]), 64, 64)),
+         lambda env: CameraPath(torch.eye(4)[None], torch.tensor(SKEWED), 64, 64)),
     Case("camera-value-size-1e9", "CameraPath",
-         lambda env: CameraPath(torch.eye(4)[None], torch.tensor([[50.0, 0.0, 32.0], [0.0, 50.0, 32.0], [0.0, 0.0, 1.0]]), 10**9, 64)),
+         lambda env: CameraPath(torch.eye(4)[None], torch.tensor(K64), 10**9, 64)),
     Case("camera-value-too-many-cameras", "CameraPath",
-         lambda env: CameraPath(torch.eye(4).expand(MAX_PATH_FRAMES + 1, 4, 4),
-                                torch.tensor([[50.0, 0.0, 32.0], [0.0, 50.0, 32.0], [0.0, 0.0, 1.0]]), 64, 64)),
+         lambda env: CameraPath(torch.eye(4).expand(MAX_PATH_FRAMES + 1, 4, 4), torch.tensor(K64), 64, 64)),
     Case("camera-resample-frames-1e9", "frames", lambda env: resample(parse_moves("forward 1"), 10**9)),
 ]
