@@ -37,7 +37,8 @@ Keyframe text (``keyframes_from_text``)
 ---------------------------------------
 One keyframe per line (or separated by ``;``): ``x y z yaw_deg [pitch_deg]`` in metres and degrees
 (yaw 0 looks along +x, counter-clockwise from above; pitch defaults to 0); ``#`` starts a comment;
-numbers follow the move grammar, signs allowed::
+numbers follow the move grammar, signs allowed; at most ``MAX_COMMANDS`` keyframes, coordinates within
+``MAX_COORDINATE_M`` and yaws within ``MAX_ANGLE_DEG``::
 
     0 0 1 0
     1 0 1 45
