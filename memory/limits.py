@@ -24,8 +24,9 @@ MAX_SEED = 0xFFFFFFFFFFFFFFFF      # ComfyUI's seed range is 0..2**64-1
 MAX_COORDINATE_M = 100_000.0       # metres from the world origin along any axis (float32 still resolves 8 mm there)
 MAX_ANGLE_DEG = 36_000.0           # degrees of a yaw or orbit angle (100 turns; float32 still resolves 0.004 deg)
 
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')  # JSON strings, whose brackets do not nest
-_BRACKETS = re.compile(r"[\[\]{}]")
+_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_LITERAL = re.compile(r"true|false|null|NaN|Infinity")
 
 
 def check_count(value: object, name: str, low: int, high: int, what: str = "") -> int:
@@ -71,21 +72,35 @@ def check_frames(frames: object, name: str) -> torch.Tensor:
 
 
 
-def parse_json(text: object, name: str) -> object:
-    """JSON ``text`` parsed after its size and nesting were checked, so a huge or deep document cannot stall a node."""
+def json_skeleton(text: str) -> str:
+    """JSON ``text`` without its strings, in linear time: the brackets and literals of its structure."""
+    # Escapes go first, so every quote left delimits a string; a regex for whole strings would instead
+    # rescan the rest of the text from every quote of an unterminated one (quadratic time).
+    return "".join(_ESCAPE.sub("", text).split('"')[::2])
+
+
+def parse_json(text: object, name: str, literals: bool = True) -> object:
+    """JSON ``text`` parsed after its size and nesting were checked, so a huge or deep document cannot stall a node.
+
+    ``literals=False`` also refuses true, false, null, NaN and Infinity, for documents of numbers only
+    (Python's json reads NaN, and torch would read true as 1.0).
+    """
     if not isinstance(text, str):
-        raise ValueError(f"{name}: expected JSON text, got {type(text).__name__}.")
+        raise ValueError(f"{name}: expected text, got {type(text).__name__}; give the JSON text this pack writes.")
     if len(text) > MAX_JSON_CHARS:
         raise ValueError(f"{name}: {len(text)} characters is more than the limit of {MAX_JSON_CHARS}; "
                          "give a smaller document.")
-    depth = deepest = 0
-    for bracket in _BRACKETS.findall(_STRINGS.sub("", text)):
+    skeleton = json_skeleton(text)
+    depth = 0
+    for bracket in _NOT_BRACKET.sub("", skeleton):
         depth += 1 if bracket in "[{" else -1
-        deepest = max(deepest, depth)
-    if deepest > MAX_JSON_DEPTH:
-        raise ValueError(f"{name}: JSON nested {deepest} levels deep, more than the limit of {MAX_JSON_DEPTH}; "
-                         "give a flat document of the expected format.")
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"{name}: brackets nest more than {MAX_JSON_DEPTH} levels deep; "
+                             "give the flat document this pack writes.")
+    literal = None if literals else _LITERAL.search(skeleton)
+    if literal:
+        raise ValueError(f"{name}: '{literal.group()}' is not a number; this document takes finite numbers only.")
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as err:
+    except json.JSONDecodeError as err:
         raise ValueError(f"{name}: not valid JSON ({err}); give the text this pack writes.") from None

@@ -72,10 +72,7 @@ from .camera import (
     CameraPath, check_number, check_path, check_pinhole, check_positions, check_size, intrinsics_from_fov,
     look_rotation, pitch_of, pose_matrix, require_path, validate_cameras,
 )
-from .limits import (
-    MAX_ANGLE_DEG, MAX_COMMANDS, MAX_COORDINATE_M, MAX_JSON_CHARS, MAX_JSON_DEPTH, MAX_PATH_FRAMES, MAX_TEXT_CHARS,
-    check_count,
-)
+from .limits import MAX_ANGLE_DEG, MAX_COMMANDS, MAX_COORDINATE_M, MAX_PATH_FRAMES, MAX_TEXT_CHARS, check_count, parse_json
 
 PATH_FORMAT = "come-camera-path/1"
 JSON_NAME = "camera path JSON"  # how errors about a JSON document name it; nodes put their input's name instead
@@ -83,9 +80,6 @@ JSON_NAME = "camera path JSON"  # how errors about a JSON document name it; node
 MAX_KEYFRAME_TURN_DEG = 179.0
 _KEYFRAME_FIELDS = ("x", "y", "z", "yaw_deg", "pitch_deg")
 _KEYFRAME_LIMITS = (MAX_COORDINATE_M, MAX_COORDINATE_M, MAX_COORDINATE_M, MAX_ANGLE_DEG, 90.0)
-_JSON_ESCAPE = re.compile(r"\\.", re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_JSON_LITERAL = re.compile(r"true|false|null|NaN|Infinity")
 # Plain ASCII decimals only: float() also takes '1_0', 'inf', 'nan' and non-ASCII digits, none of which a path needs.
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
@@ -468,23 +462,6 @@ def path_to_json(path: CameraPath) -> str:
     })
 
 
-def _json_skeleton(text: str) -> str:
-    """JSON ``text`` without its strings, in linear time: the brackets and literals of its structure."""
-    # Escapes go first, so every quote left delimits a string; a regex for whole strings would instead
-    # rescan the rest of the text from every quote of an unterminated one (quadratic time).
-    return "".join(_JSON_ESCAPE.sub("", text).split('"')[::2])
-
-
-def _json_too_deep(skeleton: str) -> bool:
-    """Whether a JSON skeleton nests brackets more than ``MAX_JSON_DEPTH`` deep."""
-    depth = 0
-    for bracket in _NOT_BRACKET.sub("", skeleton):
-        depth += 1 if bracket in "[{" else -1
-        if depth > MAX_JSON_DEPTH:
-            return True
-    return False
-
-
 def _json_tensor(data: dict, key: str, shape: str) -> torch.Tensor:
     """Field ``key`` as a float32 tensor, or a ValueError saying the expected ``shape``."""
     try:
@@ -499,24 +476,7 @@ def _json_tensor(data: dict, key: str, shape: str) -> torch.Tensor:
 
 def path_from_json(text: str) -> CameraPath:
     """A CameraPath from ``come-camera-path/1`` JSON text, with clear errors on bad input."""
-    if not isinstance(text, str):
-        raise ValueError(f"{JSON_NAME}: expected text, got {type(text).__name__}; give the text written by path_to_json.")
-    if len(text) > MAX_JSON_CHARS:
-        raise ValueError(f"{JSON_NAME}: {len(text)} characters is more than the limit of {MAX_JSON_CHARS}; "
-                         f"a path of at most {MAX_PATH_FRAMES} cameras fits in it.")
-    skeleton = _json_skeleton(text)
-    if _json_too_deep(skeleton):
-        raise ValueError(f"{JSON_NAME}: brackets nest more than {MAX_JSON_DEPTH} levels deep (a camera path needs 4); "
-                         "give the text written by path_to_json.")
-    # No field of a camera path takes a literal, and torch would read true as 1.0; Python's json also takes NaN.
-    literal = _JSON_LITERAL.search(skeleton)
-    if literal:
-        raise ValueError(f"{JSON_NAME}: '{literal.group()}' is not a number; height, width, K and c2w take "
-                         "finite numbers only.")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{JSON_NAME}: not valid JSON ({err}); give the text written by path_to_json.") from None
+    data = parse_json(text, JSON_NAME, literals=False)
     if not isinstance(data, dict):
         raise ValueError(f"{JSON_NAME}: expected an object {{...}}, got {type(data).__name__}.")
     if data.get("format") != PATH_FORMAT:

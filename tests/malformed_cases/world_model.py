@@ -66,6 +66,7 @@ FOLDERS = [
     ("config-not-json", dict(raw_config="{'hidden_size': 32")),
     ("config-deeply-nested", dict(raw_config="[" * 5000 + "]" * 5000)),
     ("config-empty", dict(raw_config="")),
+    ("config-escaped-quotes", dict(raw_config='{"a": "' + '\\"' * 400_000)),
     ("config-string-value", dict(config=_set("hidden_size", "32"))),
     ("config-bool-value", dict(config=_set("depth", True))),
     ("config-float-size", dict(config=_set("hidden_size", 32.5))),
