@@ -16,7 +16,7 @@ from pathlib import Path
 import kornia
 import torch
 
-from .camera import CameraPath, validate_cameras, yaw_of
+from .camera import CameraPath, check_pinhole, validate_cameras, yaw_of
 from .files import atomic_save_safetensors, read_safetensors
 from .geometry import backward_warp
 from .limits import MAX_PATH_FRAMES, MAX_SEED, check_image_size
@@ -100,13 +100,7 @@ def validate_episode(episode: Episode, name: str) -> None:
     if tuple(depth.shape[1:]) != (h, w):
         raise ValueError(f"{name}: depth is {depth.shape[1]}x{depth.shape[2]} but rgb is {h}x{w}; resize depth to the frame size.")
     validate_cameras(c2w, K, f"{name} (c2w, K)")
-    if (K[2] != torch.tensor([0.0, 0.0, 1.0])).any() or K[0, 1] != 0 or K[1, 0] != 0:
-        raise ValueError(f"{name}: K must be [[fx,0,cx],[0,fy,cy],[0,0,1]], got {K.tolist()}.")
-    if not (0 < K[0, 2] < w and 0 < K[1, 2] < h):
-        raise ValueError(
-            f"{name}: K principal point ({float(K[0, 2])}, {float(K[1, 2])}) lies outside the {w}x{h} image; "
-            "K must be in pixels of this frame size (a centred camera has cx = W/2, cy = H/2)."
-        )
+    check_pinhole(K, h, w, name)
     bad = (~torch.isfinite(depth)).flatten(1).any(1).nonzero().flatten()
     if len(bad):
         raise ValueError(f"{name}: depth of frame {int(bad[0])} contains NaN or inf; store 0 for invalid pixels.")

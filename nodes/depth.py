@@ -5,8 +5,7 @@ import torch
 from comfy_api.latest import io
 
 from ..memory.depth import depth_from_image
-from .patch_memory import check_widgets
-from .types import CATEGORY, DepthType
+from .types import CATEGORY, DepthType, check_widgets
 
 
 class DepthFromImage(io.ComfyNode):

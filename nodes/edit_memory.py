@@ -7,8 +7,8 @@ from comfy_api.latest import io
 from ..memory.camera import CameraPath, require_path
 from ..memory.edits import delete, duplicate, keep_only, move, select_box, select_frames, select_mask, select_sphere
 from ..memory.patch_memory import PatchMemory, check_memory
-from .patch_memory import SUBCATEGORY, check_widgets, transform_from_widgets, transform_inputs
-from .types import CameraPathType, PatchMemoryType, check_options
+from .patch_memory import SUBCATEGORY, transform_from_widgets, transform_inputs
+from .types import CameraPathType, PatchMemoryType, check_options, check_widgets
 
 OPERATIONS = ["delete", "keep_only", "duplicate", "move"]
 SELECTIONS = ["box", "sphere", "frames", "mask", "all"]

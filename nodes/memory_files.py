@@ -11,8 +11,8 @@ from ..memory.files import confined_path
 from ..memory.glb import export_glb
 from ..memory.patch_memory import PatchMemory, check_memory, load_memory, save_memory
 from ..memory.topdown import MAX_MAP_POINTS, top_down_map
-from .patch_memory import SUBCATEGORY, check_widgets
-from .types import CameraPathType, PatchMemoryType, check_options, output_file
+from .patch_memory import SUBCATEGORY
+from .types import CameraPathType, PatchMemoryType, check_options, check_widgets, output_file
 
 MEMORY_FOLDER = "patch_memories"
 

@@ -1,7 +1,6 @@
 """Build a 3D patch memory from frames, render it along a camera path, merge two memories."""
 from __future__ import annotations
 
-import math
 
 import torch
 from comfy_api.latest import io
@@ -14,7 +13,7 @@ from ..memory.patch_memory import (
     PatchMemory, check_memory, check_patch_budget, insert_frames, iter_render, stack_renderings,
 )
 from ..memory.retrieval import check_render_path
-from .types import CATEGORY, CameraPathType, DepthType, PatchMemoryType, until_interrupted
+from .types import CATEGORY, CameraPathType, DepthType, PatchMemoryType, check_widgets, until_interrupted
 
 SUBCATEGORY = f"{CATEGORY}/memory"
 
@@ -28,24 +27,6 @@ def transform_inputs(prefix: str = "") -> list[io.Input]:
         *(io.Float.Input(f"{prefix}rotate_{a}_deg", default=0.0, min=-360.0, max=360.0, step=1.0,
                          tooltip=f"Rotation about world {a} in degrees, around the pivot.") for a in axes),
     ]
-
-
-def check_widgets(node: type[io.ComfyNode], **values: object) -> None:
-    """ValueError naming the number input whose value is not a finite number within its widget's min..max.
-
-    ComfyUI checks the range of prompts but lets NaN through (every comparison with it is false), and
-    direct calls check nothing; a node's own widget range is its documented contract.
-    """
-    specs = {spec.id: spec for spec in node.define_schema().inputs}
-    for name, value in values.items():
-        spec = specs[name]
-        whole = isinstance(spec, io.Int.Input)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or whole and not float(value).is_integer():
-            raise ValueError(f"{name}: expected a finite {'whole ' if whole else ''}number, got {value!r}.")
-        low, high = spec.min, spec.max
-        if low is not None and value < low or high is not None and value > high:
-            raise ValueError(f"{name}: {value!r} is outside the allowed range {low}..{high}; choose a value in that range.")
 
 
 class BuildPatchMemory(io.ComfyNode):

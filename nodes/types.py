@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -73,6 +74,24 @@ def check_options(node: type[io.ComfyNode], **values: str) -> None:
             shown = ", ".join(repr(o) for o in options[:8]) + (", ..." if len(options) > 8 else "")
             raise ValueError(f"{name}: {value!r} is not one of the offered options ({shown or 'none'}); "
                              "pick a value from the list (refresh the node if a file was added).")
+
+
+def check_widgets(node: type[io.ComfyNode], **values: object) -> None:
+    """ValueError naming the number input whose value is not a finite number within its widget's min..max.
+
+    ComfyUI checks the range of prompts but lets NaN through (every comparison with it is false), and
+    direct calls check nothing; a node's own widget range is its documented contract.
+    """
+    specs = {spec.id: spec for spec in node.define_schema().inputs}
+    for name, value in values.items():
+        spec = specs[name]
+        whole = isinstance(spec, io.Int.Input)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or whole and not float(value).is_integer():
+            raise ValueError(f"{name}: expected a finite {'whole ' if whole else ''}number, got {value!r}.")
+        low, high = spec.min, spec.max
+        if low is not None and value < low or high is not None and value > high:
+            raise ValueError(f"{name}: {value!r} is outside the allowed range {low}..{high}; choose a value in that range.")
 
 
 def output_file(filename_prefix: str, extension: str) -> tuple[Path, str]:
