@@ -181,7 +181,7 @@ class PatchMemory:
 def _bad(values: torch.Tensor, low: float = -math.inf, high: float = math.inf) -> int:
     """Index of the first row of ``values`` [N,k] with a NaN, an inf or a value outside low..high, else -1."""
     lo, hi = values.aminmax()  # one pass; NaN propagates into both, so it fails the range test below
-    if max(low, -math.inf) <= float(lo) and float(hi) <= high and math.isfinite(float(lo)) and math.isfinite(float(hi)):
+    if low <= float(lo) and float(hi) <= high and math.isfinite(float(lo)) and math.isfinite(float(hi)):
         return -1
     ok = (values >= low) & (values <= high) & (values.abs() < math.inf)
     return int((~ok.all(-1)).nonzero()[0])
