@@ -27,11 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memory import world_model  # noqa: E402
-from memory.camera import CameraPath  # noqa: E402
-from memory.episode import Episode, read_episode, revisit_frames  # noqa: E402
+from memory.world import world_model  # noqa: E402
+from memory.geometry.camera import CameraPath  # noqa: E402
+from memory.data.episode import Episode, read_episode, revisit_frames  # noqa: E402
 from memory.metrics import depth_absrel, machine_info, psnr, ssim  # noqa: E402
-from memory.mosaic import warp_frames  # noqa: E402
+from memory.world.mosaic import warp_frames  # noqa: E402
 
 # A sibling module: its folder is first on sys.path when this file runs as a script.
 import plots  # noqa: E402
@@ -137,7 +137,7 @@ def run(folder: Path, model_folder: Path, windows: int, steps: int, seed: int) -
     files = sorted(folder.rglob("*.safetensors"))
     if not files:
         raise ValueError(f"--episodes: no .safetensors episode files under {folder}; "
-                         "generate held-out episodes with `python -m memory.sim.generate`.")
+                         "generate held-out episodes with `python -m memory.data.sim.generate`.")
     episodes = [read_episode(f) for f in files]
     model = world_model.load_world_model(model_folder)
     starts = window_starts([len(e) for e in episodes], windows)
@@ -168,7 +168,7 @@ def run(folder: Path, model_folder: Path, windows: int, steps: int, seed: int) -
         "by_simulator": {sim: summarise(per_frame, torch.tensor([s == sim for s in sims])) for sim in sorted(set(sims))},
         "revisit": summarise(per_frame, torch.tensor(revisit)),
         "revisit_definition": "target frames t >= the episode's context_frames whose camera is within 1.0 m and 30 deg "
-                              "of yaw of a frame before context_frames (memory.episode.revisit_frames); the model "
+                              "of yaw of a frame before context_frames (memory.data.episode.revisit_frames); the model "
                               "itself only sees the window's 4 context frames",
         "model_psnr_by_frames_ahead": [float(per_frame["model_psnr"][offsets == k].mean()) for k in range(1, PREDICT + 1)],
         "warp_only_psnr_by_frames_ahead": [float(per_frame["warp_only_psnr"][offsets == k].mean())

@@ -19,11 +19,12 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic test scene
 
-from memory.geometry import lift_frame, splat_grids  # noqa: E402
+from memory.geometry.projection import lift_frame, splat_grids  # noqa: E402
 from memory.metrics import machine_info  # noqa: E402
 from memory.patch_memory import PatchMemory, frames_to_patches, insert_frames, render  # noqa: E402
-from memory.testscene import orbit_cameras, room_views  # noqa: E402
+from testscene import orbit_cameras, room_views  # noqa: E402
 
 # A sibling module: its folder is first on sys.path when this file runs as a script.
 import plots  # noqa: E402
@@ -35,7 +36,7 @@ TILE_SPACING_M = 12.0
 def load_episode(path: Path, quick: bool) -> tuple[dict, str]:
     """Frames, depth, poses, K, context count and revisit frame ids of the episode, or of the analytic room if absent."""
     if path.is_file():
-        from memory.episode import read_episode, revisit_frames
+        from memory.data.episode import read_episode, revisit_frames
 
         episode = read_episode(path)
         revisits = revisit_frames(episode)

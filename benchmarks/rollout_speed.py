@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import plots  # noqa: E402
 from next_chunk import navigate_default, resolve_model  # noqa: E402
 
-from memory import world_model  # noqa: E402
-from memory.camera import CameraPath  # noqa: E402
-from memory.episode import SAMPLE_EPISODE, read_episode  # noqa: E402
+from memory.world import world_model  # noqa: E402
+from memory.geometry.camera import CameraPath  # noqa: E402
+from memory.data.episode import SAMPLE_EPISODE, read_episode  # noqa: E402
 from memory.metrics import machine_info, psnr  # noqa: E402
 
 FRAMES = 64

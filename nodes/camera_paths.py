@@ -6,8 +6,8 @@ from contextlib import contextmanager
 
 from comfy_api.latest import io
 
-from ..memory.camera import CameraPath, require_path
-from ..memory.paths import JSON_NAME, keyframes_from_text, orbit, parse_moves, path_from_json, path_to_json
+from ..memory.geometry.camera import CameraPath, require_path
+from ..memory.geometry.paths import JSON_NAME, keyframes_from_text, orbit, parse_moves, path_from_json, path_to_json
 from .types import CATEGORY, CameraPathType
 
 SUBCATEGORY = f"{CATEGORY}/camera"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..memory.depth import depth_from_image
+from ..memory.geometry.depth import depth_from_image
 from .types import CATEGORY, DepthType, check_widgets
 
 

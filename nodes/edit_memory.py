@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..memory.camera import CameraPath, require_path
-from ..memory.edits import delete, duplicate, keep_only, move, select_box, select_frames, select_mask, select_sphere
+from ..memory.geometry.camera import CameraPath, require_path
+from ..memory.patch_memory.edits import delete, duplicate, keep_only, move, select_box, select_frames, select_mask, select_sphere
 from ..memory.patch_memory import PatchMemory, check_memory
 from .patch_memory import SUBCATEGORY, transform_from_widgets, transform_inputs
 from .types import CameraPathType, PatchMemoryType, check_options, check_widgets

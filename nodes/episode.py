@@ -6,8 +6,8 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io
 
-from ..memory.depth import DepthMaps, depth_to_image
-from ..memory.episode import SAMPLE_EPISODE, read_episode
+from ..memory.geometry.depth import DepthMaps, depth_to_image
+from ..memory.data.episode import SAMPLE_EPISODE, read_episode
 from ..memory.files import confined_path
 from .types import CATEGORY, CameraPathType, DepthType, check_options
 

@@ -6,11 +6,11 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..memory.camera import CameraPath
+from ..memory.geometry.camera import CameraPath
 from ..memory.files import confined_path
-from ..memory.glb import export_glb
+from ..memory.patch_memory.glb import export_glb
 from ..memory.patch_memory import PatchMemory, check_memory, load_memory, save_memory
-from ..memory.topdown import MAX_MAP_POINTS, top_down_map
+from ..memory.patch_memory.topdown import MAX_MAP_POINTS, top_down_map
 from .patch_memory import SUBCATEGORY
 from .types import CameraPathType, PatchMemoryType, check_options, check_widgets, output_file
 

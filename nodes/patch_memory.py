@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..memory.camera import CameraPath, require_path
-from ..memory.depth import DepthMaps, check_metric_depth, depth_to_image
-from ..memory.edits import merge, rigid_transform
+from ..memory.geometry.camera import CameraPath, require_path
+from ..memory.geometry.depth import DepthMaps, check_metric_depth, depth_to_image
+from ..memory.patch_memory.edits import merge, rigid_transform
 from ..memory.limits import check_frames
 from ..memory.patch_memory import (
     PatchMemory, check_memory, check_patch_budget, insert_frames, iter_render, stack_renderings,
 )
-from ..memory.retrieval import check_render_path
+from ..memory.patch_memory.retrieval import check_render_path
 from .types import CATEGORY, CameraPathType, DepthType, PatchMemoryType, check_widgets, until_interrupted
 
 SUBCATEGORY = f"{CATEGORY}/memory"

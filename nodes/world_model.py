@@ -9,10 +9,10 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..memory.camera import CameraPath
-from ..memory.depth import DepthMaps, depth_to_image
+from ..memory.geometry.camera import CameraPath
+from ..memory.geometry.depth import DepthMaps, depth_to_image
 from ..memory.files import confined_path
-from ..memory.world_model import DEFAULT_MODEL, DEFAULT_STEPS, WorldModel, load_world_model, navigate, rollout_steps
+from ..memory.world.world_model import DEFAULT_MODEL, DEFAULT_STEPS, WorldModel, load_world_model, navigate, rollout_steps
 from .types import CATEGORY, CameraPathType, DepthType, Progress, WorldModelType, check_options, until_interrupted
 
 SUBCATEGORY = f"{CATEGORY}/world model"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memory.depth import DepthMaps, check_metric_depth, depth_from_image, depth_to_image
+from memory.geometry.depth import DepthMaps, check_metric_depth, depth_from_image, depth_to_image
 
 
 def test_depth_to_image_is_inverse_depth_with_one_scale_per_batch():

@@ -6,15 +6,15 @@ import math
 import pytest
 import torch
 
-import memory.patches as patches_module
-from memory.camera import intrinsics_from_fov, look_rotation, pose_matrix
-from memory.edits import (
+import memory.patch_memory.patches as patches_module
+from memory.geometry.camera import intrinsics_from_fov, look_rotation, pose_matrix
+from memory.patch_memory.edits import (
     delete, duplicate, keep_only, merge, move, rigid_transform, select_box, select_frames, select_group, select_mask,
     select_sphere,
 )
 from memory.patch_memory import PatchMemory, insert_frames, render
-from memory.testscene import PILLAR_HI, PILLAR_LO, orbit_cameras, room_views
-from memory.testscene import pillar_pixels as scene_pillar_pixels
+from testscene import PILLAR_HI, PILLAR_LO, orbit_cameras, room_views
+from testscene import pillar_pixels as scene_pillar_pixels
 
 SIZE = 64
 PILLAR_LO_T, PILLAR_HI_T = torch.tensor(PILLAR_LO), torch.tensor(PILLAR_HI)

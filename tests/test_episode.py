@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from memory.camera import intrinsics_from_fov, look_rotation, pose_matrix
-from memory.episode import (
+from memory.geometry.camera import intrinsics_from_fov, look_rotation, pose_matrix
+from memory.data.episode import (
     Episode, read_episode, reprojection_overlap, reprojection_psnr, revisit_frames, revisit_pairs, write_episode,
 )
-from memory.sim.trajectories import OccupancyGrid, explore_and_revisit
+from memory.data.sim.trajectories import OccupancyGrid, explore_and_revisit
 
 SAMPLE = Path(__file__).resolve().parent.parent / "memory" / "data" / "sample_episode.safetensors"
 
@@ -195,7 +195,7 @@ def test_reprojection_of_a_flat_wall_is_exact() -> None:
     pos = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.2, 1.0]])
     c2w = pose_matrix(look_rotation(torch.zeros(2)), pos)
     # Wall at x = 4: every camera sees z-depth 4; colour is a smooth function of the wall's y, z.
-    from memory.geometry import lift_frame
+    from memory.geometry.projection import lift_frame
 
     rgb = []
     for i in range(2):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from memory.camera import intrinsics_from_fov, look_rotation, pose_matrix
-from memory.geometry import (
+from memory.geometry.camera import intrinsics_from_fov, look_rotation, pose_matrix
+from memory.geometry.projection import (
     backward_warp, grid_footprint, lift, lift_frame, pixel_centres, project, splat, splat_grids,
 )
 

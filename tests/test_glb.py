@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from memory.glb import BIN_CHUNK, GLB_MAGIC, JSON_CHUNK, export_glb
+from memory.patch_memory.glb import BIN_CHUNK, GLB_MAGIC, JSON_CHUNK, export_glb
 
 
 def parse_glb(data: bytes) -> tuple[dict, bytes]:
@@ -75,7 +75,7 @@ def test_bad_inputs_raise_value_errors(tmp_path, points, colours, name):
 
 def test_memory_points_export(tmp_path):
     from memory.patch_memory import PatchMemory, insert_frames
-    from memory.testscene import orbit_cameras, room_views
+    from testscene import orbit_cameras, room_views
 
     c2w, K = orbit_cameras(2, image_size=32)
     rgb, depth = room_views(c2w, K, 32, 32)

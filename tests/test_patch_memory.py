@@ -6,16 +6,16 @@ import time
 import pytest
 import torch
 
-import memory.patches as patches_module
-import memory.retrieval as retrieval_module
-from memory.camera import CameraPath, intrinsics_from_fov, look_rotation, pose_matrix
+import memory.patch_memory.patches as patches_module
+import memory.patch_memory.retrieval as retrieval_module
+from memory.geometry.camera import CameraPath, intrinsics_from_fov, look_rotation, pose_matrix
 from memory.files import atomic_save_safetensors
-from memory.geometry import lift_frame
+from memory.geometry.projection import lift_frame
 from memory.patch_memory import (
     PatchMemory, check_memory, frames_to_patches, insert_frames, iter_render, load_memory, render, render_path, retrieve,
     save_memory,
 )
-from memory.testscene import orbit_cameras, room_views
+from testscene import orbit_cameras, room_views
 
 SIZE = 64
 
@@ -299,8 +299,8 @@ def test_benchmark_quick_run_writes_the_agreed_keys(tmp_path):
 
 
 def test_grid_index_retrieval_matches_a_full_scan(memory, scene, monkeypatch):
-    from memory import retrieval
-    from memory.edits import merge, rigid_transform
+    from memory.patch_memory import retrieval
+    from memory.patch_memory.edits import merge, rigid_transform
 
     _, _, c2w, K = scene
     far_copy = merge(memory, memory, rigid_transform([30.0, 0.0, 0.0]))

@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 
-from memory.camera import CameraPath, intrinsics_from_fov, pitch_of, yaw_of
-from memory.geometry import project
+from memory.geometry.camera import CameraPath, intrinsics_from_fov, pitch_of, yaw_of
+from memory.geometry.projection import project
 from memory.limits import MAX_COMMANDS, MAX_JSON_CHARS, MAX_PATH_FRAMES, MAX_TEXT_CHARS
-from memory.paths import keyframes, keyframes_from_text, look_at, orbit, parse_moves, path_from_json, path_to_json, resample
+from memory.geometry.paths import keyframes, keyframes_from_text, look_at, orbit, parse_moves, path_from_json, path_to_json, resample
 
 
 def degrees(values: torch.Tensor) -> torch.Tensor:
@@ -353,7 +353,7 @@ def test_programs_over_the_frame_limit_are_refused_before_any_frame(program, mon
     def no_frame_work(*args, **kwargs):
         raise AssertionError("a frame was built before the frame limit was checked")
 
-    monkeypatch.setattr("memory.paths.axis_angle_to_rotation_matrix", no_frame_work)
+    monkeypatch.setattr("memory.geometry.paths.axis_angle_to_rotation_matrix", no_frame_work)
     with pytest.raises(ValueError, match=f"moves line 1: .*more than the limit of {MAX_PATH_FRAMES}"):
         parse_moves(program)
 

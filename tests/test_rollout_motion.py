@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memory.camera import CameraPath
-from memory.episode import SAMPLE_EPISODE, read_episode
-from memory.geometry import backward_warp
+from memory.geometry.camera import CameraPath
+from memory.data.episode import SAMPLE_EPISODE, read_episode
+from memory.geometry.projection import backward_warp
 from memory.metrics import depth_absrel, psnr
-from memory.paths import parse_moves
-from memory.world_model import DEFAULT_MODEL, load_world_model, navigate
+from memory.geometry.paths import parse_moves
+from memory.world.world_model import DEFAULT_MODEL, load_world_model, navigate
 
 MOVES = "turn_left 90; forward 1; turn_right 90; forward 1; turn_right 75"
 

@@ -11,8 +11,8 @@ import os
 import pytest
 import torch
 
-from memory.episode import Episode, reprojection_psnr, revisit_frames, revisit_pairs
-from memory.sim.generate import generate_episode
+from memory.data.episode import Episode, reprojection_psnr, revisit_frames, revisit_pairs
+from memory.data.sim.generate import generate_episode
 
 FRAMES, CONTEXT = 48, 16
 SEEDS = (0, 1)
@@ -29,7 +29,7 @@ MIN_MEAN_PSNR = 30.0
 def require_simulator(name: str) -> None:
     """Skip (or fail under COME_REQUIRE_SIM=1) when simulator ``name`` cannot be imported."""
     try:
-        importlib.import_module(f"memory.sim.{name}")
+        importlib.import_module(f"memory.data.sim.{name}")
     except ImportError as err:
         if os.environ.get("COME_REQUIRE_SIM") == "1":
             pytest.fail(f"COME_REQUIRE_SIM=1 but simulator {name} is not importable: {err}")

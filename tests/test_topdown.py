@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memory.paths import look_at, parse_moves
-from memory.topdown import BACKGROUND, PATH_COLOURS, _nice_length, map_view, top_down_map
+from memory.geometry.paths import look_at, parse_moves
+from memory.patch_memory.topdown import BACKGROUND, PATH_COLOURS, _nice_length, map_view, top_down_map
 
 
 def colour_mask(image: torch.Tensor, rgb: tuple[int, int, int]) -> torch.Tensor:

@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
-from memory.backbones.mosaic_dit import MosaicDiT, apply_rope, rope_angles
-from memory.camera import plucker_rays
-from memory.episode import SAMPLE_EPISODE, read_episode
-from memory.mosaic import Mosaic, warp_frames
-from memory.rgbd import FAR_M, decode_rgbd, depth_loss, encode_rgbd
+from memory.world.backbones.mosaic_dit import MosaicDiT, apply_rope, rope_angles
+from memory.geometry.camera import plucker_rays
+from memory.data.episode import SAMPLE_EPISODE, read_episode
+from memory.world.mosaic import Mosaic, warp_frames
+from memory.world.rgbd import FAR_M, decode_rgbd, depth_loss, encode_rgbd
 from memory.train.loop import TrainConfig, train
-from memory.world_model import load_world_model, navigate
+from memory.world.world_model import load_world_model, navigate
 
 
 @pytest.fixture(scope="module")

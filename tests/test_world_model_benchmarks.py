@@ -12,8 +12,8 @@ import kornia
 import pytest
 import torch
 
-from memory.backbones.mosaic_dit import MosaicDiT
-from memory.episode import SAMPLE_EPISODE, read_episode, write_episode
+from memory.world.backbones.mosaic_dit import MosaicDiT
+from memory.data.episode import SAMPLE_EPISODE, read_episode, write_episode
 from memory.metrics import depth_absrel, frame_grid, machine_info, psnr, ssim
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from memory.backbones.mosaic_dit import MosaicDiT
+from memory.world.backbones.mosaic_dit import MosaicDiT
 
 SIZE = 32
 STEPS = 2

@@ -13,8 +13,8 @@ from diffusers import DDPMScheduler
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from ..backbones.mosaic_dit import MosaicDiT, scheduler_for
-from ..rgbd import depth_loss
+from ..world.backbones.mosaic_dit import MosaicDiT, scheduler_for
+from ..world.rgbd import depth_loss
 from .windows import CONTEXT_FRAMES, WindowStream, load_episodes
 
 NULL_CONTEXT = 0.1

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from ..camera import plucker_rays
-from ..episode import Episode, read_episode
-from ..mosaic import Mosaic, warp_frames
-from ..rgbd import encode_rgbd
+from ..geometry.camera import plucker_rays
+from ..data.episode import Episode, read_episode
+from ..world.mosaic import Mosaic, warp_frames
+from ..world.rgbd import encode_rgbd
 
 CONTEXT_FRAMES = 2
 TARGET_FRAMES = 4
@@ -33,7 +33,7 @@ def load_episodes(folder: str | Path) -> list[Episode]:
     """Every episode file under ``folder`` (recursively)."""
     files = sorted(Path(folder).rglob("*.safetensors"))
     if not files:
-        raise ValueError(f"data: no episode files under {folder}; generate some with `python -m memory.sim.generate`.")
+        raise ValueError(f"data: no episode files under {folder}; generate some with `python -m memory.data.sim.generate`.")
     return [read_episode(f) for f in files]
 
 

@@ -8,9 +8,9 @@ from collections.abc import Callable
 import torch
 from malformed_support import Case, Env
 
-from memory.camera import CameraPath
+from memory.geometry.camera import CameraPath
 from memory.limits import MAX_COMMANDS, MAX_JSON_CHARS, MAX_PATH_FRAMES, MAX_TEXT_CHARS
-from memory.paths import parse_moves, resample
+from memory.geometry.paths import parse_moves, resample
 
 TEXT = "CoMECameraPathText"
 KEYS = "CoMECameraPathKeyframes"

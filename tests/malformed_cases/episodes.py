@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from malformed_support import Case
-from memory.episode import SAMPLE_EPISODE
+from memory.data.episode import SAMPLE_EPISODE
 
 EPISODE_FOLDER = "episodes"
 NAN, INF = math.nan, math.inf

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from malformed_support import Case
-from memory.backbones.mosaic_dit import MosaicDiT
-from memory.depth import DepthMaps
-from memory.world_model import navigate, sample_chunk
+from memory.world.backbones.mosaic_dit import MosaicDiT
+from memory.geometry.depth import DepthMaps
+from memory.world.world_model import navigate, sample_chunk
 
 MODELS = "world_models"
 

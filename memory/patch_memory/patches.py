@@ -12,9 +12,9 @@ from functools import cached_property
 
 import torch
 
-from .camera import validate_cameras
-from .geometry import lift_batch
-from .limits import MAX_IMAGE_SIDE, MAX_PATCHES, check_count
+from ..geometry.camera import validate_cameras
+from ..geometry.projection import lift_batch
+from ..limits import MAX_IMAGE_SIDE, MAX_PATCHES, check_count
 from .spatial_index import GridIndex
 
 # dtype and per-patch trailing shape of every tensor field; ``p`` stands for the patch size.

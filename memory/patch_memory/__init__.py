@@ -11,7 +11,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from .files import atomic_save_safetensors, read_safetensors
+from ..files import atomic_save_safetensors, read_safetensors
 from .insertion import dedupe, frames_to_patches, insert_frames
 from .patches import FIELD_SPECS, PatchMemory, check_memory, check_patch_budget
 from .retrieval import iter_render, render, render_path, retrieve, stack_renderings

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .geometry import lift_frame, splat_grids
+from ..geometry.projection import lift_frame, splat_grids
 from .rgbd import encode_rgbd
 
 MOSAIC_CHANNELS = 6

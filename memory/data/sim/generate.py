@@ -1,7 +1,7 @@
 """Generate ``come-episode/1`` files from a simulator, deterministic by seed.
 
-    python -m memory.sim.generate --sim memory_maze --seeds 0 1 2 --frames 100 --size 64 --context-frames 50 --out DIR
-    python -m memory.sim.generate --sim memory_maze --maze 15 --seeds 0 --out DIR   # another maze size
+    python -m memory.data.sim.generate --sim memory_maze --seeds 0 1 2 --frames 100 --size 64 --context-frames 50 --out DIR
+    python -m memory.data.sim.generate --sim memory_maze --maze 15 --seeds 0 --out DIR   # another maze size
 """
 from __future__ import annotations
 

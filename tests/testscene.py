@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from .camera import intrinsics_from_fov, look_rotation, pose_matrix
-from .geometry import pixel_centres
+from memory.geometry.camera import intrinsics_from_fov, look_rotation, pose_matrix
+from memory.geometry.projection import pixel_centres
 
 ROOM_LO = (-4.0, -4.0, 0.0)
 ROOM_HI = (4.0, 4.0, 3.0)

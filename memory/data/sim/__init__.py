@@ -1,6 +1,6 @@
 """Simulator data generators (Memory Maze, MiniWorld). Simulators are optional and imported lazily.
 
-Install them with ``pip install "comfyui-come[sim]"``; ``memory.sim`` itself imports without them.
+Install them with ``pip install "comfyui-come[sim]"``; ``memory.data.sim`` itself imports without them.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def missing_simulator(package: str, pins: str) -> ImportError:
 
 
 def load_simulator(name: str) -> ModuleType:
-    """The simulator module ``memory.sim.<name>``; ``ValueError`` for unknown names, ``ImportError`` if not installed."""
+    """The simulator module ``memory.data.sim.<name>``; ``ValueError`` for unknown names, ``ImportError`` if not installed."""
     if name not in SIMULATORS:
         raise ValueError(f"sim: unknown simulator '{name}'; choose one of {', '.join(SIMULATORS)}.")
     return importlib.import_module(f".{name}", __name__)

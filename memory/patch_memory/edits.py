@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import kornia
 import torch
 
-from .camera import validate_cameras
-from .geometry import project
+from ..geometry.camera import validate_cameras
+from ..geometry.projection import project
 from .patches import PatchMemory, check_patch_budget
 from .retrieval import render
 

@@ -16,15 +16,15 @@ from pathlib import Path
 import kornia
 import torch
 
-from .camera import CameraPath, check_pinhole, validate_cameras, yaw_of
-from .files import atomic_save_safetensors, read_safetensors
-from .geometry import backward_warp
-from .limits import MAX_PATH_FRAMES, MAX_SEED, check_image_size
+from ..geometry.camera import CameraPath, check_pinhole, validate_cameras, yaw_of
+from ..files import atomic_save_safetensors, read_safetensors
+from ..geometry.projection import backward_warp
+from ..limits import MAX_PATH_FRAMES, MAX_SEED, check_image_size
 
 FORMAT = "come-episode/1"
 # Memory Maze 9x9, 128 frames at 64x64, 64 context frames; rebuilt exactly by
-# `python -m memory.sim.generate --sim memory_maze --seeds 2 --frames 128 --context-frames 64 --out DIR`
-SAMPLE_EPISODE = Path(__file__).resolve().parent / "data" / "sample_episode.safetensors"
+# `python -m memory.data.sim.generate --sim memory_maze --seeds 2 --frames 128 --context-frames 64 --out DIR`
+SAMPLE_EPISODE = Path(__file__).resolve().parent / "sample_episode.safetensors"
 REVISIT_DISTANCE_M = 1.0
 REVISIT_YAW_DEG = 30.0
 FLOAT16_MAX = 65504.0

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from .camera import CameraPath, require_path, validate_cameras
-from .geometry import NEAR, Rendering, splat_grids
-from .limits import MAX_PATCHES, check_count, check_image_size
+from ..geometry.camera import CameraPath, require_path, validate_cameras
+from ..geometry.projection import NEAR, Rendering, splat_grids
+from ..limits import MAX_PATCHES, check_count, check_image_size
 from .patches import PatchMemory, check_memory
 
 COVER_FACTOR = 3.0

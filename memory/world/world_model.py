@@ -12,12 +12,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .backbones.mosaic_dit import MosaicDiT, scheduler_for
-from .camera import CameraPath, plucker_rays
-from .limits import MAX_JSON_CHARS, MAX_SEED, MAX_STEPS, check_count, check_frames, parse_json
+from ..geometry.camera import CameraPath, plucker_rays
+from ..limits import MAX_JSON_CHARS, MAX_SEED, MAX_STEPS, check_count, check_frames, parse_json
 from .mosaic import Mosaic, warp_frames
 from .rgbd import decode_rgbd, encode_rgbd
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "mosaic_dit"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "mosaic_dit"
 CONTEXT_FRAMES = 2
 # The base model's mosaic: the latest frame warped (older frames measured 1 dB worse, stale view-dependent
 # shading), plus the last initial frame on top of it in rollouts (see navigate).

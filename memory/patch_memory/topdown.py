@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .camera import CameraPath
-from .limits import MAX_IMAGE_SIDE
+from ..geometry.camera import CameraPath
+from ..limits import MAX_IMAGE_SIDE
 
 MIN_EXTENT_M = 1.0
 MIN_SIZE = 64

@@ -13,7 +13,7 @@ from numbers import Real
 import kornia
 import torch
 
-from .limits import MAX_COORDINATE_M, MAX_PATH_FRAMES, check_count, check_image_size
+from ..limits import MAX_COORDINATE_M, MAX_PATH_FRAMES, check_count, check_image_size
 
 ORTHONORMAL_TOL = 1e-3
 

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from ..camera import intrinsics_from_fov
+from ...geometry.camera import intrinsics_from_fov
 from . import View, missing_simulator
 from .trajectories import OccupancyGrid
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import atomic_write
-from .limits import check_count
+from ..files import atomic_write
+from ..limits import check_count
 
 GLB_MAGIC = 0x46546C67
 JSON_CHUNK = 0x4E4F534A

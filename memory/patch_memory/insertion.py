@@ -26,10 +26,10 @@ import math
 
 import torch
 
-from .camera import validate_cameras
-from .depth import check_metric_depth
-from .geometry import lift_frame
-from .limits import check_frames, check_image_size
+from ..geometry.camera import validate_cameras
+from ..geometry.depth import check_metric_depth
+from ..geometry.projection import lift_frame
+from ..limits import check_frames, check_image_size
 from .patches import PatchMemory, check_memory, check_patch_budget
 
 FINENESS_STEPS_PER_OCTAVE = 3

@@ -1,6 +1,6 @@
 """Camera-path builders: a text grammar of moves, smooth keyframes, orbits, JSON files.
 
-Every builder returns a :class:`~memory.camera.CameraPath` (z-up world in metres, OpenCV camera axes).
+Every builder returns a :class:`~memory.geometry.camera.CameraPath` (z-up world in metres, OpenCV camera axes).
 Unless ``K`` is given, intrinsics come from ``height``, ``width`` and ``fovy_deg``.
 
 Move grammar (``parse_moves``)
@@ -72,7 +72,7 @@ from .camera import (
     CameraPath, check_number, check_path, check_pinhole, check_positions, check_size, intrinsics_from_fov,
     look_rotation, pitch_of, pose_matrix, require_path, validate_cameras,
 )
-from .limits import MAX_ANGLE_DEG, MAX_COMMANDS, MAX_COORDINATE_M, MAX_PATH_FRAMES, MAX_TEXT_CHARS, check_count, parse_json
+from ..limits import MAX_ANGLE_DEG, MAX_COMMANDS, MAX_COORDINATE_M, MAX_PATH_FRAMES, MAX_TEXT_CHARS, check_count, parse_json
 
 PATH_FORMAT = "come-camera-path/1"
 JSON_NAME = "camera path JSON"  # how errors about a JSON document name it; nodes put their input's name instead
@@ -482,7 +482,7 @@ def path_from_json(text: str) -> CameraPath:
     if data.get("format") != PATH_FORMAT:
         raise ValueError(
             f"{JSON_NAME}: 'format' must be '{PATH_FORMAT}', got {data.get('format')!r}; "
-            "write the file with memory.paths.path_to_json."
+            "write the file with memory.geometry.paths.path_to_json."
         )
     missing = [key for key in ("height", "width", "K", "c2w") if key not in data]
     if missing:

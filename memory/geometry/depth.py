@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .limits import check_image_size
+from ..limits import check_image_size
 
 
 @dataclass(frozen=True)

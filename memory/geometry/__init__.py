@@ -1,0 +1,1 @@
+"""Camera geometry: camera paths and their builders, projection, lifting, splatting and warping, metric depth."""
