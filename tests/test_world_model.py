@@ -12,7 +12,7 @@ from memory.data.episode import SAMPLE_EPISODE, read_episode
 from memory.world.mosaic import Mosaic, warp_frames
 from memory.world.rgbd import FAR_M, decode_rgbd, depth_loss, encode_rgbd
 from memory.train.loop import TrainConfig, train
-from memory.world.world_model import load_world_model, navigate
+from memory.world.world_model import load_world_model, navigate, save_world_model
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def tiny_model_dir(tmp_path_factory):
     """An untrained MosaicDiT saved as a diffusers folder."""
     folder = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
-    MosaicDiT(hidden_size=32, depth=1, num_heads=1, rope_dims=(8, 12, 12)).save_pretrained(folder)
+    save_world_model(MosaicDiT(hidden_size=32, depth=1, num_heads=1, rope_dims=(8, 12, 12)), folder)
     return folder
 
 
@@ -170,7 +170,7 @@ def test_load_world_model_rejects_bad_folders(tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match="safetensors"):
         load_world_model(tmp_path)
     other = MosaicDiT(hidden_size=64, depth=1, num_heads=2, rope_dims=(8, 12, 12))
-    other.save_pretrained(tmp_path / "other")
+    save_world_model(other, tmp_path / "other")
     (tmp_path / "other" / "config.json").write_text((tiny_model_dir / "config.json").read_text())
     with pytest.raises(ValueError, match="do not match"):
         load_world_model(tmp_path / "other")
@@ -193,3 +193,25 @@ def test_navigate_rejects_a_path_no_longer_than_the_initial_frames(tiny_model_di
         next(navigate(model, episode.rgb[:4].float() / 255, episode.depth[:4], episode.cameras.slice(0, 4)))
     with pytest.raises(ValueError, match="initial_frames"):
         next(navigate(model, torch.zeros(1, 32, 32, 3), None, episode.cameras.slice(0, 4)))
+
+
+def test_training_windows_and_sampling_read_one_conditioning(episode):
+    """make_window assembles its mosaic and rays with the builder the sampler uses, from the model's declared context."""
+    from memory.train.windows import TARGET_FRAMES, make_window
+    from memory.world.conditioning import build_conditioning
+    from memory.world.mosaic import warp_frames
+
+    model = load_world_model()
+    c = model.context_frames
+    assert (c, model.mosaic_frames) == (2, 1) and model.top_timestep == 999
+    window = make_window(episode, 10, [10 + c - 1], c)
+    frames = slice(10, 10 + c + TARGET_FRAMES)
+    rgb, depth, c2w = episode.rgb[frames].float() / 255, episode.depth[frames], episode.c2w[frames]
+    warped = warp_frames(rgb[c - 1:c], depth[c - 1:c], c2w[c - 1:c], episode.K, c2w[c:]).fill_holes(rgb[c - 1], depth[c - 1])
+    built = build_conditioning(rgb[:c], depth[:c], c2w[:c], c2w[c:], episode.K, warped)
+    assert torch.equal(window.mosaic, built.mosaic) and torch.equal(window.rays, built.rays)
+    assert torch.equal(window.clean[:c], built.context)
+    null = built.without_memory()
+    assert null.null and float(null.mosaic.abs().sum()) == 0 and torch.equal(null.rays, built.rays)
+    sample, timesteps, _, _ = null.inputs(torch.zeros(TARGET_FRAMES, 4, 64, 64), 500.0, model.top_timestep)
+    assert timesteps[0, :c].tolist() == [999.0] * c and not torch.equal(sample[0, :c], built.context)

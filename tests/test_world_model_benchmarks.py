@@ -15,6 +15,7 @@ import torch
 from memory.world.backbones.mosaic_dit import MosaicDiT
 from memory.data.episode import SAMPLE_EPISODE, read_episode, write_episode
 from memory.metrics import depth_absrel, frame_grid, machine_info, psnr, ssim
+from memory.world.world_model import save_world_model
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
@@ -28,7 +29,7 @@ def untrained_model(tmp_path_factory) -> Path:
     """A small untrained MosaicDiT saved as a diffusers folder, so the smoke tests do not need the shipped weights."""
     folder = tmp_path_factory.mktemp("model") / "untrained"
     torch.manual_seed(0)
-    MosaicDiT(hidden_size=32, depth=1, num_heads=1).save_pretrained(folder)
+    save_world_model(MosaicDiT(hidden_size=32, depth=1, num_heads=1), folder)
     return folder
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from memory.world.backbones.mosaic_dit import MosaicDiT
+from memory.world.world_model import save_world_model
 
 SIZE = 32
 STEPS = 2
@@ -39,7 +40,7 @@ def models_root(comfy, tmp_path_factory):
         # zero-initialised gates would make an untrained model ignore its noise and seed
         for weight in tiny.parameters():
             weight.normal_(0.0, 0.05)
-    tiny.save_pretrained(root / "tiny" / "v1")
+    save_world_model(tiny, root / "tiny" / "v1")
     folder_paths.add_model_folder_path("world_models", str(root))
     yield root
     folder_paths.folder_names_and_paths["world_models"][0].remove(str(root))

@@ -13,9 +13,10 @@ from diffusers import DDPMScheduler
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from ..world.backbones.mosaic_dit import MosaicDiT, scheduler_for
+from ..world.backbones.mosaic_dit import MosaicDiT, training_schedule
 from ..world.rgbd import depth_loss
-from .windows import CONTEXT_FRAMES, WindowStream, load_episodes
+from ..world.world_model import save_world_model
+from .windows import WindowStream, load_episodes
 
 NULL_CONTEXT = 0.1
 LAST_TIMESTEP_SHARE = 0.5
@@ -45,28 +46,30 @@ def training_loss(model: MosaicDiT, scheduler: DDPMScheduler, clean: torch.Tenso
                   rays: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """MSE of the predicted clean target colours plus their relative depth error; context frames are clean, or pure noise ("null memory") at rate NULL_CONTEXT."""
     b, f = clean.shape[:2]
+    c = model.config.context_frames
     top = scheduler.config.num_train_timesteps - 1
     uniform = torch.randint(0, top + 1, (b, 1), generator=generator)
     # half the samples at the last timestep: few-step sampling starts there, and it is the pure regression
     # from mosaic and context whose mean maximises PSNR
     last = torch.rand(b, 1, generator=generator) < LAST_TIMESTEP_SHARE
-    t_target = torch.where(last, top, uniform).expand(b, f - CONTEXT_FRAMES)
+    t_target = torch.where(last, top, uniform).expand(b, f - c)
     null = torch.rand(b, 1, generator=generator) < NULL_CONTEXT
-    t_context = torch.where(null, top, 0).expand(b, CONTEXT_FRAMES)
+    t_context = torch.where(null, top, 0).expand(b, c)
     timesteps = torch.cat([t_context, t_target], 1)
     noise = torch.randn(clean.shape, generator=generator)
     noisy = scheduler.add_noise(clean.flatten(0, 1), noise.flatten(0, 1), timesteps.flatten()).view_as(clean)
     noisy = torch.where((timesteps == 0)[:, :, None, None, None], clean, noisy)
     pred = model(noisy, timesteps, mosaic, rays)
-    error = pred[:, CONTEXT_FRAMES:, :3] - clean[:, CONTEXT_FRAMES:, :3]
-    return error.pow(2).mean() + DEPTH_WEIGHT * depth_loss(pred[:, CONTEXT_FRAMES:, 3], clean[:, CONTEXT_FRAMES:, 3]).mean()
+    error = pred[:, c:, :3] - clean[:, c:, :3]
+    return error.pow(2).mean() + DEPTH_WEIGHT * depth_loss(pred[:, c:, 3], clean[:, c:, 3]).mean()
 
 
-def save_checkpoint(model: MosaicDiT, optimizer: torch.optim.Optimizer, step: int, folder: Path) -> None:
-    """Model (diffusers folder) and optimizer state as safetensors, swapped in atomically."""
+def save_checkpoint(model: MosaicDiT, scheduler: DDPMScheduler, optimizer: torch.optim.Optimizer, step: int,
+                    folder: Path) -> None:
+    """Model and its noise schedule (a diffusers folder) and optimizer state as safetensors, swapped in atomically."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    save_world_model(model, tmp, scheduler)
     tensors, meta = {}, {"step": step, "param_groups": optimizer.state_dict()["param_groups"]}
     for index, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
@@ -105,8 +108,10 @@ def train(config: TrainConfig) -> Path:
     model = MosaicDiT.from_pretrained(checkpoint) if checkpoint.exists() else MosaicDiT()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     step = load_checkpoint(checkpoint, optimizer) if checkpoint.exists() else 0
-    scheduler = scheduler_for(model)
-    stream = WindowStream(load_episodes(config.data), seed=config.seed * 100003 + step)
+    # the schedule is chosen once, when a run starts, and travels with every checkpoint from then on
+    scheduler = DDPMScheduler.from_pretrained(checkpoint) if checkpoint.exists() else training_schedule(
+        model.config.num_train_timesteps)
+    stream = WindowStream(load_episodes(config.data), model.config.context_frames, seed=config.seed * 100003 + step)
     loader = torch.utils.data.DataLoader(stream, batch_size=config.batch_size, num_workers=config.workers)
     generator = torch.Generator().manual_seed(config.seed * 7919 + step)
     log = (config.out / "loss.jsonl").open("a")
@@ -129,8 +134,8 @@ def train(config: TrainConfig) -> Path:
         log.write(json.dumps({"step": step, "loss": loss.item(), "time": time.time()}) + "\n")
         if step % config.save_every == 0:
             log.flush()
-            save_checkpoint(model, optimizer, step, checkpoint)
-    save_checkpoint(model, optimizer, step, checkpoint)
+            save_checkpoint(model, scheduler, optimizer, step, checkpoint)
+    save_checkpoint(model, scheduler, optimizer, step, checkpoint)
     log.close()
     bar.close()
     return checkpoint

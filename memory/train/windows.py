@@ -7,12 +7,11 @@ from pathlib import Path
 
 import torch
 
-from ..geometry.camera import plucker_rays
 from ..data.episode import Episode, read_episode
-from ..world.mosaic import Mosaic, warp_frames
+from ..world.conditioning import build_conditioning
+from ..world.mosaic import warp_frames
 from ..world.rgbd import encode_rgbd
 
-CONTEXT_FRAMES = 2
 TARGET_FRAMES = 4
 MOSAIC_DROPOUT = 0.15
 DEPTH_UNKNOWN = 0.1
@@ -37,51 +36,52 @@ def load_episodes(folder: str | Path) -> list[Episode]:
     return [read_episode(f) for f in files]
 
 
-def mosaic_sources(episode: Episode, start: int, rng: random.Random) -> list[int]:
+def mosaic_sources(episode: Episode, start: int, context_frames: int, rng: random.Random) -> list[int]:
     """Frames whose warp conditions a window starting at ``start``: the latest context frame, sometimes far-away revisits."""
-    context = list(range(start, start + CONTEXT_FRAMES))
+    context = list(range(start, start + context_frames))
     roll = rng.random()
     if roll < MOSAIC_DROPOUT:
         return []
     # the base rollout warps the latest frame; other frames come in as revisits (the spatial memory's job)
     sources = context[-1:]
     if roll > 1 - FAR_SOURCES:
-        target = episode.c2w[start + CONTEXT_FRAMES, :3, 3]
+        target = episode.c2w[start + context_frames, :3, 3]
         near = (episode.c2w[:, :3, 3] - target).norm(dim=-1) < REVISIT_RADIUS_M
-        far = [int(i) for i in near.nonzero().flatten() if abs(int(i) - start) > CONTEXT_FRAMES + TARGET_FRAMES]
+        far = [int(i) for i in near.nonzero().flatten() if abs(int(i) - start) > context_frames + TARGET_FRAMES]
         sources = rng.sample(far, min(len(far), rng.randint(1, 3))) + sources  # the latest frame stays on top
     return sources
 
 
-def make_window(episode: Episode, start: int, sources: list[int], depth_known: bool = True) -> Window:
-    """The network inputs of frames ``start .. start+CONTEXT+TARGET`` with mosaics warped from ``sources``."""
-    frames = slice(start, start + CONTEXT_FRAMES + TARGET_FRAMES)
+def make_window(episode: Episode, start: int, sources: list[int], context_frames: int,
+                depth_known: bool = True) -> Window:
+    """The network inputs of frames ``start .. start+context+TARGET`` with mosaics warped from ``sources``."""
+    c = context_frames
+    frames = slice(start, start + c + TARGET_FRAMES)
     rgb = episode.rgb[frames].float() / 255
     depth = episode.depth[frames]
     c2w = episode.c2w[frames]
     src = torch.tensor(sources, dtype=torch.long)
-    warped = warp_frames(episode.rgb[src].float() / 255, episode.depth[src], episode.c2w[src], episode.K,
-                         c2w[CONTEXT_FRAMES:])
+    warped = warp_frames(episode.rgb[src].float() / 255, episode.depth[src], episode.c2w[src], episode.K, c2w[c:])
     if sources:
-        warped = warped.fill_holes(rgb[CONTEXT_FRAMES - 1], depth[CONTEXT_FRAMES - 1])
-    empty = Mosaic.empty(CONTEXT_FRAMES, episode.height, episode.width)
-    mosaic = torch.cat([empty.channels(), warped.channels(depth_known)])
-    rays = plucker_rays(c2w, episode.K, c2w[CONTEXT_FRAMES - 1], episode.height, episode.width)
-    return Window(encode_rgbd(rgb, depth), mosaic, rays)
+        warped = warped.fill_holes(rgb[c - 1], depth[c - 1])
+    conditioning = build_conditioning(rgb[:c], depth[:c], c2w[:c], c2w[c:], episode.K, warped, depth_known)
+    clean = torch.cat([conditioning.context, encode_rgbd(rgb[c:], depth[c:])])
+    return Window(clean, conditioning.mosaic, conditioning.rays)
 
 
 class WindowStream(torch.utils.data.IterableDataset):
     """An endless, seeded stream of random windows from a list of episodes."""
 
-    def __init__(self, episodes: list[Episode], seed: int):
+    def __init__(self, episodes: list[Episode], context_frames: int, seed: int):
         super().__init__()
-        self.episodes, self.seed = episodes, seed
+        self.episodes, self.context_frames, self.seed = episodes, context_frames, seed
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rng = random.Random(self.seed * 1000 + (info.id if info else 0))
         while True:
             episode = rng.choice(self.episodes)
-            start = rng.randrange(0, len(episode) - CONTEXT_FRAMES - TARGET_FRAMES + 1)
-            window = make_window(episode, start, mosaic_sources(episode, start, rng), rng.random() > DEPTH_UNKNOWN)
+            c = self.context_frames
+            start = rng.randrange(0, len(episode) - c - TARGET_FRAMES + 1)
+            window = make_window(episode, start, mosaic_sources(episode, start, c, rng), c, rng.random() > DEPTH_UNKNOWN)
             yield window.clean, window.mosaic, window.rays

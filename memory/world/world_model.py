@@ -7,21 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .backbones.mosaic_dit import MosaicDiT, scheduler_for
-from ..geometry.camera import CameraPath, plucker_rays
+from ..geometry.camera import CameraPath
 from ..limits import MAX_JSON_CHARS, MAX_SEED, MAX_STEPS, check_count, check_frames, parse_json
+from .backbones.mosaic_dit import MosaicDiT, training_schedule
+from .conditioning import Conditioning, build_conditioning
 from .mosaic import Mosaic, warp_frames
-from .rgbd import decode_rgbd, encode_rgbd
+from .rgbd import decode_rgbd
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "mosaic_dit"
-CONTEXT_FRAMES = 2
-# The base model's mosaic: the latest frame warped (older frames measured 1 dB worse, stale view-dependent
-# shading), plus the last initial frame on top of it in rollouts (see navigate).
-MOSAIC_FRAMES = 1
 # One DDIM step from the last timestep is the model's mean prediction: on held-out episodes it scored
 # higher PSNR than 2 steps (22.5 vs 22.3 dB at training step 2300) and is the fastest. Raise it for
 # sharper, more varied samples.
@@ -32,7 +29,9 @@ MAX_CHUNK = 64
 CONFIG_RANGES: dict[str, tuple] = {
     "patch_size": (1, 64), "hidden_size": (1, 8192), "depth": (1, 256), "num_heads": (1, 256),
     "rope_dims": (0, 8192), "rope_theta": (1e-3, 1e9), "num_train_timesteps": (1, 100_000),
+    "context_frames": (0, 64), "mosaic_frames": (0, 64),
 }
+SCHEDULE_FILE = "scheduler_config.json"
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,22 @@ class WorldModel:
 
     network: MosaicDiT
     name: str
+    schedule: DDPMScheduler
+
+    @property
+    def context_frames(self) -> int:
+        """Clean frames the backbone reads before each chunk (declared in its config)."""
+        return int(self.network.config.context_frames)
+
+    @property
+    def mosaic_frames(self) -> int:
+        """Latest frames the base mosaic is warped from (declared in its config)."""
+        return int(self.network.config.mosaic_frames)
+
+    @property
+    def top_timestep(self) -> int:
+        """The last training timestep: where sampling starts and where the null context sits."""
+        return int(self.schedule.config.num_train_timesteps) - 1
 
     @property
     def dtype(self) -> torch.dtype:
@@ -72,7 +87,34 @@ def load_world_model(folder: str | Path = DEFAULT_MODEL, dtype: torch.dtype = to
     expected = {name: tuple(t.shape) for name, t in network.state_dict().items()}
     weights = {name: tensor.to(dtype) for name, tensor in read_weights(folder, expected).items()}
     network.load_state_dict(weights, strict=True, assign=True)
-    return WorldModel(network.to(device).eval(), folder.name)
+    return WorldModel(network.to(device).eval(), folder.name, read_schedule(folder, config))
+
+
+def read_schedule(folder: Path, config: dict) -> DDPMScheduler:
+    """The noise schedule saved with the model (``scheduler_config.json``), checked against the model's config."""
+    path = folder / SCHEDULE_FILE
+    if not path.is_file():
+        raise ValueError(f"model: {folder} has no {SCHEDULE_FILE} (the noise schedule it was trained with); "
+                         "save it with the model (DDPMScheduler.save_pretrained).")
+    settings = parse_json(path.read_text(errors="replace"), f"model: {path}")
+    if not isinstance(settings, dict) or settings.get("_class_name") != DDPMScheduler.__name__:
+        raise ValueError(f"model: {path} must describe a {DDPMScheduler.__name__}; restore the file saved with the model.")
+    try:
+        schedule = DDPMScheduler.from_config(settings)
+    except (TypeError, ValueError, NotImplementedError) as err:
+        raise ValueError(f"model: {path} is not a usable noise schedule ({err}).") from None
+    if schedule.config.num_train_timesteps != config.get("num_train_timesteps", 1000):
+        raise ValueError(f"model: {path} has {schedule.config.num_train_timesteps} timesteps, the model's config "
+                         f"{config.get('num_train_timesteps', 1000)}; keep the files saved together.")
+    return schedule
+
+
+def save_world_model(network: MosaicDiT, folder: str | Path, schedule: DDPMScheduler | None = None) -> Path:
+    """Write a model folder :func:`load_world_model` reads: the network (safetensors) and its noise schedule."""
+    folder = Path(folder)
+    network.save_pretrained(folder, safe_serialization=True)
+    (schedule or training_schedule(network.config.num_train_timesteps)).save_pretrained(folder)
+    return folder
 
 
 def read_config(folder: Path) -> dict:
@@ -143,34 +185,40 @@ def read_weights(folder: Path, expected: dict[str, tuple]) -> dict[str, torch.Te
     return tensors
 
 
-def sample_chunk(model: WorldModel, context: torch.Tensor, context_c2w: torch.Tensor, target_c2w: torch.Tensor,
-                 K: torch.Tensor, mosaic: Mosaic, steps: int, generator: torch.Generator,
-                 depth_known: bool = True, callback: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Encoded RGB-D [T,4,H,W] of the targets, denoised by DDIM from noise given clean context [C,4,H,W] and a mosaic."""
-    check_count(steps, "steps", 1, MAX_STEPS)
-    net = model.network
-    height, width = mosaic.mask.shape[-2:]
-    c2w = torch.cat([context_c2w, target_c2w])
-    rays = plucker_rays(c2w, K, c2w[len(context) - 1 if len(context) else 0], height, width)
-    empty = Mosaic.empty(len(context), height, width).channels()
-    cond = torch.cat([empty, mosaic.channels(depth_known)])
-    # trailing spacing starts at the last training timestep, where pure noise is the right input, even for one step
-    scheduler = DDIMScheduler.from_config(scheduler_for(net).config, timestep_spacing="trailing")
-    scheduler.set_timesteps(steps)
-    x = torch.randn(len(target_c2w), 4, height, width, generator=generator)
+def predict_clean(model: WorldModel, conditioning: Conditioning, x: torch.Tensor, t: float,
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
+    """One backbone evaluation: the clean RGB-D [T,4,H,W] the network predicts for noisy targets ``x`` at timestep ``t``."""
+    sample, timesteps, mosaic, rays = conditioning.inputs(x, t, model.top_timestep, noise)
     as_net = dict(device=model.device, dtype=model.dtype)
-    prediction = x
     with torch.no_grad():
-        for i, t in enumerate(scheduler.timesteps):
-            timesteps = torch.cat([torch.zeros(len(context)), torch.full((len(target_c2w),), float(t))])[None]
-            sample = torch.cat([context, x])[None]
-            # timesteps stay float32: bfloat16 cannot tell 999 from 1000, and the network embeds them in float32
-            prediction = net(sample.to(**as_net), timesteps.to(model.device), cond[None].to(**as_net),
-                             rays[None].to(**as_net))[0, len(context):].float().cpu()
-            x = scheduler.step(prediction, t, x).prev_sample
-            if callback is not None:
-                callback(i)
+        # timesteps stay float32: bfloat16 cannot tell 999 from 1000, and the network embeds them in float32
+        out = model.network(sample.to(**as_net), timesteps.to(model.device), mosaic.to(**as_net), rays.to(**as_net))
+    return out[0, conditioning.context_frames:].float().cpu()
+
+
+def denoise(model: WorldModel, predict: Callable[[torch.Tensor, float], torch.Tensor], shape: tuple, steps: int,
+            generator: torch.Generator, callback: Callable[[int], None] | None = None) -> torch.Tensor:
+    """DDIM from pure noise of ``shape`` [T,4,H,W], ``predict(x, t)`` giving the clean estimate; returns the last one."""
+    check_count(steps, "steps", 1, MAX_STEPS)
+    # trailing spacing starts at the last training timestep, where pure noise is the right input, even for one step
+    scheduler = DDIMScheduler.from_config(model.schedule.config, timestep_spacing="trailing")
+    scheduler.set_timesteps(steps)
+    x = torch.randn(shape, generator=generator)
+    prediction = x
+    for i, t in enumerate(scheduler.timesteps):
+        prediction = predict(x, float(t))
+        x = scheduler.step(prediction, t, x).prev_sample
+        if callback is not None:
+            callback(i)
     return prediction
+
+
+def sample_chunk(model: WorldModel, conditioning: Conditioning, targets: int, steps: int, generator: torch.Generator,
+                 callback: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Encoded RGB-D [T,4,H,W] of ``targets`` frames, denoised by DDIM under one conditioning (the base model alone)."""
+    height, width = conditioning.mosaic.shape[-2:]
+    return denoise(model, lambda x, t: predict_clean(model, conditioning, x, t), (targets, 4, height, width), steps,
+                   generator, callback)
 
 
 def navigate(model: WorldModel, frames: torch.Tensor, depth: torch.Tensor | None, path: CameraPath,
@@ -179,8 +227,8 @@ def navigate(model: WorldModel, frames: torch.Tensor, depth: torch.Tensor | None
     """Roll the base model out along ``path``: the first len(frames) cameras are the given frames, the rest is generated.
 
     Yields the given frames (with depth, predicted if ``depth`` is None) and then each generated chunk,
-    so a caller that stops early keeps everything finished. Each chunk sees the last CONTEXT_FRAMES
-    frames as context and, warped into its cameras, the last MOSAIC_FRAMES frames with the last initial
+    so a caller that stops early keeps everything finished. Each chunk sees the model's last context_frames
+    frames as context and, warped into its cameras, its last mosaic_frames frames with the last initial
     frame on top: cost per chunk is constant. The initial frame is an observation, a generated frame's
     depth is partly a guess, so the initial frame takes priority wherever it is visible (and is found
     again when the camera comes back).
@@ -224,10 +272,10 @@ def _rollout(model: WorldModel, frames: torch.Tensor, depth: torch.Tensor | None
     generator = torch.Generator().manual_seed(seed)
     if depth is None:
         first = Mosaic(frames.float(), torch.zeros(frames.shape[:3]), torch.ones(frames.shape[:3]))
-        encoded = sample_chunk(model, torch.zeros(0, 4, path.height, path.width), path.c2w[:0], path.c2w[:known],
-                               path.K, first, steps, generator, depth_known=False, callback=callback)
-        depth = decode_rgbd(encoded)[1]
-    keep = max(CONTEXT_FRAMES, MOSAIC_FRAMES)
+        depth_pass = build_conditioning(frames[:0], torch.zeros(0, path.height, path.width), path.c2w[:0],
+                                        path.c2w[:known], path.K, first, depth_known=False)
+        depth = decode_rgbd(sample_chunk(model, depth_pass, known, steps, generator, callback))[1]
+    keep = max(model.context_frames, model.mosaic_frames)
     rgb, dep = frames.float()[-keep:], depth.float()[-keep:]
     anchor = (rgb[-1:], dep[-1:], path.c2w[known - 1:known])
     yield Chunk(frames.float(), depth.float())
@@ -235,14 +283,14 @@ def _rollout(model: WorldModel, frames: torch.Tensor, depth: torch.Tensor | None
     while done < len(path):
         # only a bounded window of recent frames is kept, so a chunk costs the same however long the rollout
         targets = path.c2w[done:done + chunk]
-        m, c = min(MOSAIC_FRAMES, len(rgb)), min(CONTEXT_FRAMES, len(rgb))
+        m, c = min(model.mosaic_frames, len(rgb)), min(model.context_frames, len(rgb))
         sources = (rgb[-m:], dep[-m:], path.c2w[done - m:done])
         if done > known:
             # warp_frames gives the last source priority, so the observed anchor goes last
             sources = tuple(torch.cat([recent, observed]) for recent, observed in zip(sources, anchor))
         mosaic = warp_frames(*sources, path.K, targets).fill_holes(rgb[-1], dep[-1])
-        encoded = sample_chunk(model, encode_rgbd(rgb[-c:], dep[-c:]), path.c2w[done - c:done], targets, path.K,
-                               mosaic, steps, generator, callback=callback)
+        conditioning = build_conditioning(rgb[-c:], dep[-c:], path.c2w[done - c:done], targets, path.K, mosaic)
+        encoded = sample_chunk(model, conditioning, len(targets), steps, generator, callback)
         out = Chunk(*decode_rgbd(encoded))
         rgb, dep = torch.cat([rgb, out.rgb])[-keep:], torch.cat([dep, out.depth])[-keep:]
         done += len(targets)

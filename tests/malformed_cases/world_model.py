@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from malformed_support import Case
 from memory.world.backbones.mosaic_dit import MosaicDiT
 from memory.geometry.depth import DepthMaps
-from memory.world.world_model import navigate, sample_chunk
+from memory.world.world_model import denoise, navigate, save_world_model
 
 MODELS = "world_models"
 
@@ -21,7 +21,7 @@ def _models_root(env):
     root = env.scratch / MODELS
     if not (root / "tiny" / "config.json").exists():
         torch.manual_seed(0)
-        MosaicDiT(hidden_size=32, depth=1, num_heads=2, rope_dims=(4, 6, 6)).save_pretrained(root / "tiny")
+        save_world_model(MosaicDiT(hidden_size=32, depth=1, num_heads=2, rope_dims=(4, 6, 6)), root / "tiny")
         importlib.import_module("folder_paths").add_model_folder_path(MODELS, str(root))
     return root
 
@@ -81,6 +81,11 @@ FOLDERS = [
     ("config-unknown-key", dict(config=_set("hiden_size", 64))),
     ("config-other-class", dict(config=_set("_class_name", "UNet2DModel"))),
     ("config-missing", dict(files=lambda folder: (folder / "config.json").unlink())),
+    ("schedule-missing", dict(files=lambda folder: (folder / "scheduler_config.json").unlink())),
+    ("schedule-other-class", dict(files=lambda folder: (folder / "scheduler_config.json").write_text(
+        '{"_class_name": "EulerDiscreteScheduler", "num_train_timesteps": 1000}'))),
+    ("schedule-other-length", dict(files=lambda folder: (folder / "scheduler_config.json").write_text(
+        '{"_class_name": "DDPMScheduler", "num_train_timesteps": 50}'))),
     ("weights-missing-file", dict(files=lambda folder: (folder / "diffusion_pytorch_model.safetensors").unlink())),
     ("weights-pickle-only", dict(files=lambda folder: (folder / "diffusion_pytorch_model.safetensors").rename(
         folder / "diffusion_pytorch_model.bin"))),
@@ -179,7 +184,6 @@ CASES = [
         env.model, env.frames[:1], None, env.path.slice(0, 5), chunk=0)),
     Case("engine-navigate-steps-zero", "steps", lambda env: navigate(
         env.model, env.frames[:1], None, env.path.slice(0, 5), steps=0)),
-    Case("engine-sample-steps-zero", "steps", lambda env: sample_chunk(
-        env.model, torch.zeros(0, 4, 64, 64), env.path.c2w[:0], env.path.c2w[:1], env.path.K, None, 0,
-        torch.Generator())),
+    Case("engine-sample-steps-zero", "steps", lambda env: denoise(
+        env.model, lambda x, t: x, (1, 4, 64, 64), 0, torch.Generator())),
 ]

@@ -79,12 +79,18 @@ class Block(nn.Module):
 
 
 class MosaicDiT(ModelMixin, ConfigMixin):
-    """Predicts the clean RGB-D of every frame of a chunk from noisy frames, per-frame noise levels, mosaics and rays."""
+    """Predicts the clean RGB-D of every frame of a chunk from noisy frames, per-frame noise levels, mosaics and rays.
+
+    Its config also declares what it was trained to read, so every caller builds the same inputs:
+    ``context_frames`` clean frames before each chunk, and a mosaic warped from the latest
+    ``mosaic_frames`` frames (1 for the embedded model: warping older frames too measured 1 dB worse,
+    from their stale view-dependent shading).
+    """
 
     @register_to_config
     def __init__(self, patch_size: int = 8, hidden_size: int = 128, depth: int = 4, num_heads: int = 4,
                  rope_dims: tuple[int, int, int] = (8, 12, 12), rope_theta: float = 100.0,
-                 num_train_timesteps: int = 1000):
+                 num_train_timesteps: int = 1000, context_frames: int = 2, mosaic_frames: int = 1):
         super().__init__()
         head_dim = hidden_size // num_heads
         if sum(rope_dims) != head_dim or any(d % 2 for d in rope_dims):
@@ -149,7 +155,7 @@ class MosaicDiT(ModelMixin, ConfigMixin):
         return mosaic[:, :, :RGBD_CHANNELS] + self.unpatchify(x, f, height, width)
 
 
-def scheduler_for(model: MosaicDiT) -> DDPMScheduler:
-    """The noise schedule the model is trained with (sampling uses DDIM from the same config)."""
-    return DDPMScheduler(num_train_timesteps=model.config.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+def training_schedule(num_train_timesteps: int = 1000) -> DDPMScheduler:
+    """The noise schedule a new MosaicDiT is trained with; training saves it in the model folder, sampling reads it there."""
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
                          prediction_type="sample", clip_sample=False)
