@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memory.world import world_model  # noqa: E402
+from memory.world import rollout, world_model  # noqa: E402
 from memory.geometry.camera import CameraPath  # noqa: E402
 from memory.data.episode import Episode, read_episode, revisit_frames  # noqa: E402
 from memory.metrics import depth_absrel, machine_info, psnr, ssim  # noqa: E402
@@ -56,8 +56,8 @@ class Prediction:
 
 
 def navigate_default(name: str) -> int:
-    """A keyword default of ``world_model.navigate`` (the settings a user gets without choosing)."""
-    return inspect.signature(world_model.navigate).parameters[name].default
+    """A keyword default of ``rollout.navigate`` (the settings a user gets without choosing)."""
+    return inspect.signature(rollout.navigate).parameters[name].default
 
 
 def resolve_model(folder: Path | None) -> Path:
@@ -94,7 +94,7 @@ def predict_model(model: world_model.WorldModel, episode: Episode, start: int, s
     """The model's 8 target frames given the 4 ground-truth RGB-D context frames of the window at ``start``."""
     frames = slice(start, start + CONTEXT)
     path = CameraPath(episode.c2w[start:start + CONTEXT + PREDICT], episode.K, episode.height, episode.width)
-    chunks = list(world_model.navigate(model, episode.rgb[frames].float() / 255, episode.depth[frames], path,
+    chunks = list(rollout.navigate(model, episode.rgb[frames].float() / 255, episode.depth[frames], path,
                                        steps=steps, seed=seed))[1:]
     return Prediction(torch.cat([c.rgb for c in chunks]), torch.cat([c.depth for c in chunks]))
 

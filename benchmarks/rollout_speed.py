@@ -26,6 +26,7 @@ import plots  # noqa: E402
 from next_chunk import navigate_default, resolve_model  # noqa: E402
 
 from memory.world import world_model  # noqa: E402
+from memory.world.rollout import navigate  # noqa: E402
 from memory.geometry.camera import CameraPath  # noqa: E402
 from memory.data.episode import SAMPLE_EPISODE, read_episode  # noqa: E402
 from memory.metrics import machine_info, psnr  # noqa: E402
@@ -41,7 +42,7 @@ def rollout(model: world_model.WorldModel, rgb: torch.Tensor, depth: torch.Tenso
     """Generated frames [T,H,W,3] along ``path`` after the initial ``rgb``, and the seconds each yield took."""
     seconds, frames = [], []
     tick = time.perf_counter()
-    for out in world_model.navigate(model, rgb, depth, path, chunk=chunk, steps=steps):
+    for out in navigate(model, rgb, depth, path, chunk=chunk, steps=steps):
         seconds.append(time.perf_counter() - tick)
         frames.append(out.rgb)
         tick = time.perf_counter()

@@ -8,6 +8,9 @@ from .camera_paths import CameraPathFromJSON, CameraPathKeyframes, CameraPathOrb
 from .depth import DepthFromImage
 from .edit_memory import EditPatchMemory
 from .episode import LoadEpisode
+from .experts import (
+    BaseExpertNode, LongTermExpertNode, NavigateWithMemory, PoCECombine, ShortTermExpertNode, SpatialExpertNode,
+)
 from .memory_files import LoadPatchMemory, PatchMemoryMap, PatchMemoryTo3D, SavePatchMemory
 from .patch_memory import BuildPatchMemory, MergePatchMemories, RenderPatchMemory
 from .world_model import LoadWorldModel, Navigate
@@ -30,6 +33,12 @@ NODES: list[type[io.ComfyNode]] = [
     PatchMemoryMap,
     LoadWorldModel,
     Navigate,
+    BaseExpertNode,
+    ShortTermExpertNode,
+    SpatialExpertNode,
+    LongTermExpertNode,
+    PoCECombine,
+    NavigateWithMemory,
 ]
 
 

@@ -18,6 +18,9 @@ CameraPathType = io.Custom("COME_CAMERA_PATH")
 PatchMemoryType = io.Custom("COME_PATCH_MEMORY")
 DepthType = io.Custom("COME_DEPTH")
 WorldModelType = io.Custom("COME_WORLD_MODEL")
+ExpertType = io.Custom("COME_EXPERT")
+CompositionType = io.Custom("COME_COMPOSITION")
+EpisodicLoRAType = io.Custom("COME_EPISODIC_LORA")
 
 CATEGORY = "CoME"
 T = TypeVar("T")

@@ -12,7 +12,8 @@ from comfy_api.latest import io
 from ..memory.geometry.camera import CameraPath
 from ..memory.geometry.depth import DepthMaps, depth_to_image
 from ..memory.files import confined_path
-from ..memory.world.world_model import DEFAULT_MODEL, DEFAULT_STEPS, WorldModel, load_world_model, navigate, rollout_steps
+from ..memory.world.rollout import DEFAULT_STEPS, navigate, rollout_steps
+from ..memory.world.world_model import DEFAULT_MODEL, WorldModel, load_world_model
 from .types import CATEGORY, CameraPathType, DepthType, Progress, WorldModelType, check_options, until_interrupted
 
 SUBCATEGORY = f"{CATEGORY}/world model"

@@ -9,7 +9,8 @@ from memory.data.episode import SAMPLE_EPISODE, read_episode
 from memory.geometry.projection import backward_warp
 from memory.metrics import depth_absrel, psnr
 from memory.geometry.paths import parse_moves
-from memory.world.world_model import DEFAULT_MODEL, load_world_model, navigate
+from memory.world.rollout import navigate
+from memory.world.world_model import DEFAULT_MODEL, load_world_model
 
 MOVES = "turn_left 90; forward 1; turn_right 90; forward 1; turn_right 75"
 

@@ -12,7 +12,8 @@ from memory.data.episode import SAMPLE_EPISODE, read_episode
 from memory.world.mosaic import Mosaic, warp_frames
 from memory.world.rgbd import FAR_M, decode_rgbd, depth_loss, encode_rgbd
 from memory.train.loop import TrainConfig, train
-from memory.world.world_model import load_world_model, navigate, save_world_model
+from memory.world.rollout import navigate
+from memory.world.world_model import load_world_model, save_world_model
 
 
 @pytest.fixture(scope="module")

@@ -114,6 +114,9 @@ def render(
 ) -> Rendering:
     """The memory seen from camera K [3,3], c2w [4,4]: rgb [H,W,3] 0..1, coverage mask [H,W], z-depth [H,W] (0 = empty)."""
     index = retrieve(memory, K, c2w, height, width, max_patches, max_distance)
+    if len(index) == 0:
+        # nothing of the memory in view (e.g. the camera looks away from every stored surface)
+        return Rendering(torch.zeros(height, width, 3), torch.zeros(height, width), torch.zeros(height, width))
     p = memory.patch_size
     points, valid = memory.lift(index)
     colours = memory.rgb[index].float() / 255

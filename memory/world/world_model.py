@@ -1,8 +1,7 @@
-"""The world model at sampling time: load a backbone folder, denoise chunks, roll out along a camera path."""
+"""The world model: load and save a backbone folder (network + noise schedule), evaluate it, denoise a chunk."""
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,19 +10,11 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..geometry.camera import CameraPath
-from ..limits import MAX_JSON_CHARS, MAX_SEED, MAX_STEPS, check_count, check_frames, parse_json
+from ..limits import MAX_JSON_CHARS, MAX_STEPS, check_count, parse_json
 from .backbones.mosaic_dit import MosaicDiT, training_schedule
-from .conditioning import Conditioning, build_conditioning
-from .mosaic import Mosaic, warp_frames
-from .rgbd import decode_rgbd
+from .conditioning import Conditioning
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "mosaic_dit"
-# One DDIM step from the last timestep is the model's mean prediction: on held-out episodes it scored
-# higher PSNR than 2 steps (22.5 vs 22.3 dB at training step 2300) and is the fastest. Raise it for
-# sharper, more varied samples.
-DEFAULT_STEPS = 1
-MAX_CHUNK = 64
 # the settings a MosaicDiT config may hold and their ranges: far above the embedded model's, low enough
 # that a typo cannot ask for a network larger than memory
 CONFIG_RANGES: dict[str, tuple] = {
@@ -66,14 +57,6 @@ class WorldModel:
     def device(self) -> torch.device:
         """The device the backbone lives on."""
         return next(self.network.parameters()).device
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Generated frames: ``rgb`` [T,H,W,3] 0..1 and metric ``depth`` [T,H,W]."""
-
-    rgb: torch.Tensor
-    depth: torch.Tensor
 
 
 def load_world_model(folder: str | Path = DEFAULT_MODEL, dtype: torch.dtype = torch.float32,
@@ -219,79 +202,3 @@ def sample_chunk(model: WorldModel, conditioning: Conditioning, targets: int, st
     height, width = conditioning.mosaic.shape[-2:]
     return denoise(model, lambda x, t: predict_clean(model, conditioning, x, t), (targets, 4, height, width), steps,
                    generator, callback)
-
-
-def navigate(model: WorldModel, frames: torch.Tensor, depth: torch.Tensor | None, path: CameraPath,
-             chunk: int = 4, steps: int = DEFAULT_STEPS, seed: int = 0,
-             callback: Callable[[int], None] | None = None) -> Iterator[Chunk]:
-    """Roll the base model out along ``path``: the first len(frames) cameras are the given frames, the rest is generated.
-
-    Yields the given frames (with depth, predicted if ``depth`` is None) and then each generated chunk,
-    so a caller that stops early keeps everything finished. Each chunk sees the model's last context_frames
-    frames as context and, warped into its cameras, its last mosaic_frames frames with the last initial
-    frame on top: cost per chunk is constant. The initial frame is an observation, a generated frame's
-    depth is partly a guess, so the initial frame takes priority wherever it is visible (and is found
-    again when the camera comes back).
-    """
-    frames = check_frames(frames, "initial_frames")
-    known = len(frames)
-    if not 1 <= known < len(path):
-        raise ValueError(f"camera_path: it has {len(path)} cameras but {known} initial frames; the path must be "
-                         "longer than the initial frames (one camera per initial frame, then the cameras to generate).")
-    if tuple(frames.shape[1:3]) != (path.height, path.width):
-        raise ValueError(f"initial_frames: size {tuple(frames.shape[1:3])} differs from the camera path's "
-                         f"{(path.height, path.width)}; resize the frames or build the path at their size.")
-    if depth is not None:
-        if tuple(depth.shape) != tuple(frames.shape[:3]):
-            raise ValueError(f"initial_depth: {tuple(depth.shape)} (count, height, width) does not match "
-                             f"initial_frames {tuple(frames.shape[:3])}; give one depth map per initial frame at "
-                             "their size, or leave initial_depth unconnected to predict it.")
-        if not torch.isfinite(depth).all() or bool((depth < 0).any()):
-            raise ValueError("initial_depth: holds NaN, inf or negative values; metric depth is metres >= 0 "
-                             "(0 = unknown or sky).")
-    chunk = check_count(chunk, "chunk_size", 1, MAX_CHUNK, "frames")
-    check_count(steps, "steps", 1, MAX_STEPS)
-    check_count(seed, "seed", 0, MAX_SEED)
-    patch = model.network.config.patch_size
-    if path.height % patch or path.width % patch:
-        raise ValueError(f"camera_path: image size {path.height}x{path.width} is not a multiple of the model's "
-                         f"patch size {patch}; set the path's width and height to multiples of {patch}.")
-    # checked here, not in the generator, so that bad input fails when the rollout is asked for
-    return _rollout(model, frames, depth, path, chunk, steps, seed, callback)
-
-
-def rollout_steps(initial: int, cameras: int, chunk: int, steps: int, depth_known: bool) -> int:
-    """Denoising steps (callback calls) of a :func:`navigate` rollout: per chunk, plus a depth pass without depth."""
-    return steps * (math.ceil((cameras - initial) / chunk) + (not depth_known))
-
-
-def _rollout(model: WorldModel, frames: torch.Tensor, depth: torch.Tensor | None, path: CameraPath, chunk: int,
-             steps: int, seed: int, callback: Callable[[int], None] | None) -> Iterator[Chunk]:
-    """The rollout of :func:`navigate` on checked inputs."""
-    known = len(frames)
-    generator = torch.Generator().manual_seed(seed)
-    if depth is None:
-        first = Mosaic(frames.float(), torch.zeros(frames.shape[:3]), torch.ones(frames.shape[:3]))
-        depth_pass = build_conditioning(frames[:0], torch.zeros(0, path.height, path.width), path.c2w[:0],
-                                        path.c2w[:known], path.K, first, depth_known=False)
-        depth = decode_rgbd(sample_chunk(model, depth_pass, known, steps, generator, callback))[1]
-    keep = max(model.context_frames, model.mosaic_frames)
-    rgb, dep = frames.float()[-keep:], depth.float()[-keep:]
-    anchor = (rgb[-1:], dep[-1:], path.c2w[known - 1:known])
-    yield Chunk(frames.float(), depth.float())
-    done = known
-    while done < len(path):
-        # only a bounded window of recent frames is kept, so a chunk costs the same however long the rollout
-        targets = path.c2w[done:done + chunk]
-        m, c = min(model.mosaic_frames, len(rgb)), min(model.context_frames, len(rgb))
-        sources = (rgb[-m:], dep[-m:], path.c2w[done - m:done])
-        if done > known:
-            # warp_frames gives the last source priority, so the observed anchor goes last
-            sources = tuple(torch.cat([recent, observed]) for recent, observed in zip(sources, anchor))
-        mosaic = warp_frames(*sources, path.K, targets).fill_holes(rgb[-1], dep[-1])
-        conditioning = build_conditioning(rgb[-c:], dep[-c:], path.c2w[done - c:done], targets, path.K, mosaic)
-        encoded = sample_chunk(model, conditioning, len(targets), steps, generator, callback)
-        out = Chunk(*decode_rgbd(encoded))
-        rgb, dep = torch.cat([rgb, out.rgb])[-keep:], torch.cat([dep, out.depth])[-keep:]
-        done += len(targets)
-        yield out

@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 from malformed_support import Case
 from memory.world.backbones.mosaic_dit import MosaicDiT
 from memory.geometry.depth import DepthMaps
-from memory.world.world_model import denoise, navigate, save_world_model
+from memory.world.rollout import navigate
+from memory.world.world_model import denoise, save_world_model
 
 MODELS = "world_models"
 
