@@ -11,6 +11,7 @@ from .episode import LoadEpisode
 from .experts import (
     BaseExpertNode, LongTermExpertNode, NavigateWithMemory, PoCECombine, ShortTermExpertNode, SpatialExpertNode,
 )
+from .lora import LoadEpisodicLoRA, SaveEpisodicLoRA, TrainEpisodicLoRA
 from .memory_files import LoadPatchMemory, PatchMemoryMap, PatchMemoryTo3D, SavePatchMemory
 from .patch_memory import BuildPatchMemory, MergePatchMemories, RenderPatchMemory
 from .world_model import LoadWorldModel, Navigate
@@ -39,6 +40,9 @@ NODES: list[type[io.ComfyNode]] = [
     LongTermExpertNode,
     PoCECombine,
     NavigateWithMemory,
+    TrainEpisodicLoRA,
+    SaveEpisodicLoRA,
+    LoadEpisodicLoRA,
 ]
 
 

@@ -97,13 +97,14 @@ def check_widgets(node: type[io.ComfyNode], **values: object) -> None:
             raise ValueError(f"{name}: {value!r} is outside the allowed range {low}..{high}; choose a value in that range.")
 
 
-def output_file(filename_prefix: str, extension: str) -> tuple[Path, str]:
-    """A new file ``prefix_00001_.ext`` in ComfyUI's output folder, numbered by ComfyUI's own counter, and its relative path.
+def output_file(filename_prefix: str, extension: str, root: str | None = None) -> tuple[Path, str]:
+    """A new file ``prefix_00001_.ext`` in ``root`` (ComfyUI's output folder by default), numbered by ComfyUI's own counter.
 
-    The counter is the one ComfyUI's save nodes use; a name that exists anyway (another extension's
-    file, a concurrent save) is skipped, so no save ever replaces an earlier file.
+    Returns the path and its name relative to ``root``. The counter is the one ComfyUI's save nodes
+    use; a name that exists anyway (another extension's file, a concurrent save) is skipped, so no
+    save ever replaces an earlier file.
     """
-    root = folder_paths.get_output_directory()
+    root = root or folder_paths.get_output_directory()
     check_prefix(filename_prefix, root)
     folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)
     name = f"{stem}_{counter:05d}_.{extension}"

@@ -61,12 +61,16 @@ def backbone_fingerprint(network: MosaicDiT) -> str:
     return f"{type(network).__name__}:{json.dumps(shape, sort_keys=True)}"
 
 
-def _adapted(model: WorldModel, rank: int, alpha: float, weights: dict[str, torch.Tensor] | None) -> MosaicDiT:
-    """A float32 CPU copy of the backbone with a LoRA adapter injected (and loaded from ``weights``)."""
+def _adapted(model: WorldModel, rank: int, alpha: float, weights: dict[str, torch.Tensor] | None,
+             seed: int = 0) -> MosaicDiT:
+    """A float32 CPU copy of the backbone with a LoRA adapter injected (initialised from ``seed``, or loaded from ``weights``)."""
     # nn.Module.to: diffusers' ModelMixin.to warns about dtype casts that are intended here
     network = nn.Module.to(copy.deepcopy(model.network), device="cpu", dtype=torch.float32)
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(TARGETS), lora_dropout=0.0)
-    network = inject_adapter_in_model(config, network, adapter_name=ADAPTER)
+    with torch.random.fork_rng(devices=[]):
+        # peft draws lora_A from the global generator; a seeded fork keeps training deterministic per seed
+        torch.manual_seed(seed)
+        network = inject_adapter_in_model(config, network, adapter_name=ADAPTER)
     if weights is not None:
         set_peft_model_state_dict(network, weights, adapter_name=ADAPTER)
     for name, parameter in network.named_parameters():
@@ -88,7 +92,7 @@ def train_episodic_lora(model: WorldModel, rgb: torch.Tensor, depth: torch.Tenso
     """A LoRA trained ``steps`` AdamW steps on random windows of frames rgb [T,H,W,3] 0..1, depth [T,H,W], c2w [T,4,4].
 
     ``start`` continues an earlier LoRA (its rank wins). ``callback(step)`` runs after every step; if
-    it raises (a cancel), the steps finished so far are lost only if none finished. Works inside
+    it raises (a cancel), training stops and the steps finished are kept. Works inside
     ``torch.inference_mode()``, as every ComfyUI prompt runs.
     """
     if start is not None:
@@ -105,24 +109,23 @@ def train_episodic_lora(model: WorldModel, rgb: torch.Tensor, depth: torch.Tenso
     losses: list[float] = []
     with torch.inference_mode(False), torch.enable_grad():
         episode = _episode(rgb, depth, c2w, K, "frames")
-        network = _adapted(model, rank, alpha, None if start is None else start.weights).train()
+        network = _adapted(model, rank, alpha, None if start is None else start.weights, seed).train()
         optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
         rng, generator = random.Random(seed), torch.Generator().manual_seed(seed)
-        try:
-            for step in range(int(steps)):
-                first = rng.randrange(0, len(episode) - c - TARGET_FRAMES + 1)
-                window = make_window(episode, first, mosaic_sources(episode, first, c, rng), c)
-                loss = training_loss(network, model.schedule, window.clean[None], window.mosaic[None],
-                                     window.rays[None], generator)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-                if callback is not None:
+        for step in range(int(steps)):
+            first = rng.randrange(0, len(episode) - c - TARGET_FRAMES + 1)
+            window = make_window(episode, first, mosaic_sources(episode, first, c, rng), c)
+            loss = training_loss(network, model.schedule, window.clean[None], window.mosaic[None],
+                                 window.rays[None], generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            if callback is not None:
+                try:
                     callback(step)
-        except BaseException:
-            if not losses:
-                raise
+                except Exception:  # a cancel from the caller: keep the steps finished
+                    break
         weights = {k: v.detach().float().cpu().clone()
                    for k, v in get_peft_model_state_dict(network, adapter_name=ADAPTER).items()}
     done = (start.steps if start is not None else 0) + len(losses)
@@ -181,7 +184,7 @@ def load_lora(path: str | os.PathLike) -> EpisodicLoRA:
     if not tensors:
         raise ValueError(f"lora_file: {path} holds no weights; save the LoRA again.")
     for name, tensor in tensors.items():
-        if not name.endswith((".lora_A.weight", ".lora_B.weight")) or not name.rsplit(".", 3)[0].endswith(TARGETS):
+        if not name.endswith((".lora_A.weight", ".lora_B.weight")) or not name.rsplit(".", 2)[0].endswith(TARGETS):
             raise ValueError(f"lora_file: {path} holds '{name}', not a LoRA weight of {', '.join(TARGETS)}.")
         if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
             raise ValueError(f"lora_file: {path} weight {name} is not finite float values; the file is damaged.")
