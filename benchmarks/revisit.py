@@ -28,7 +28,6 @@ expert and poe below come.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import sys
@@ -53,7 +52,7 @@ from memory.world.world_model import WorldModel, load_world_model  # noqa: E402
 
 # Sibling modules: their folder is first on sys.path when this file runs as a script.
 import plots  # noqa: E402
-from next_chunk import resolve_model  # noqa: E402
+from next_chunk import resolve_model, simulator_of  # noqa: E402
 
 MEMORY_EXPERTS = ("stm", "spatial", "ltm")
 # method -> (experts, PoCE mode); "base" is rollouts.BASE_ONLY and "oracle" runs no network
@@ -74,19 +73,14 @@ TARGETS = {"come_minus_base_psnr_revisit_min_db": 4.0, "oracle_minus_come_psnr_r
 SHEET_FRAMES = 8
 
 
-def lora_default(name: str):
-    """A keyword default of ``train_episodic_lora`` (what a user gets from Train Episodic LoRA without choosing)."""
-    return inspect.signature(episodic.train_episodic_lora).parameters[name].default
-
-
 @dataclass(frozen=True)
 class Settings:
     """What every method of the run shares."""
 
     alpha: float = DEFAULT_ALPHA
     stm_frames: int = DEFAULT_STM_FRAMES
-    lora_rank: int = 0
-    lora_steps: int = 0
+    lora_rank: int = episodic.DEFAULT_RANK
+    lora_steps: int = episodic.DEFAULT_STEPS
     steps: int = rollouts.DEFAULT_STEPS
     chunk: int = 4
     seed: int = 0
@@ -160,8 +154,7 @@ def generate(method: str, shared: Shared, seed: int) -> torch.Tensor:
     e, s, model = shared.episode, shared.settings, shared.model
     if method == "oracle":
         return oracle(shared)
-    known = max(model.context_frames, s.stm_frames)
-    first = e.context_frames - known
+    first = e.context_frames - initial_frames(model, s)
     path = e.cameras.slice(first, shared.stop)
     run = rollouts.rollout(model, composition(method, shared), e.rgb[first:e.context_frames].float() / 255,
                            e.depth[first:e.context_frames], path, chunk=s.chunk, steps=s.steps, seed=seed)
@@ -176,9 +169,14 @@ def oracle(shared: Shared) -> torch.Tensor:
     return Mosaic(rgb, depth, mask).fill_holes(e.rgb[last].float() / 255, e.depth[last]).rgb
 
 
+def initial_frames(model: WorldModel, settings: Settings) -> int:
+    """Context frames the rollout starts from: the widest window an expert reads (the model's context or the short-term window)."""
+    return max(model.context_frames, settings.stm_frames)
+
+
 def check_episode(episode: Episode, path: Path, model: WorldModel, settings: Settings) -> None:
     """Refuse an episode this benchmark cannot run: too few context frames for the window, or nothing to generate."""
-    known = max(model.context_frames, settings.stm_frames)
+    known = initial_frames(model, settings)
     if episode.context_frames < known:
         raise ValueError(f"--episodes: {path} has {episode.context_frames} context frames; the rollout starts from "
                          f"the last {known} (model context / --stm-frames).")
@@ -206,7 +204,7 @@ def score(frames: torch.Tensor, truth: torch.Tensor, revisit: torch.Tensor) -> d
     return {"psnr": psnr(frames, truth), "ssim": ssim(frames, truth), "revisit": revisit}
 
 
-def episode_row(name: str, s: dict) -> dict:
+def episode_row(s: dict) -> dict:
     """A method's JSON values on one episode."""
     return {**summarise([s]), "frames": len(s["psnr"]), "revisit_frames": int(s["revisit"].sum())}
 
@@ -239,7 +237,7 @@ def run(folder: Path, model_folder: Path, methods: list[str], settings: Settings
             outputs[method] = generate(method, shared, settings.seed + i)
             seconds[method] += time.perf_counter() - tick
             scores[method].append(score(outputs[method], truth, revisit))
-            row["methods"][method] = episode_row(method, scores[method][-1])
+            row["methods"][method] = episode_row(scores[method][-1])
         row["shared"] = dict(shared.info)
         per_episode.append(row)
         if i == 0:
@@ -247,6 +245,8 @@ def run(folder: Path, model_folder: Path, methods: list[str], settings: Settings
     result = {
         "methods": {m: {**summarise(scores[m]), "seconds": seconds[m]} for m in methods},
         "targets": TARGETS,
+        "against_targets": against_targets({m: summarise(scores[m]) for m in methods}),
+        "by_simulator": by_simulator(episodes, scores),
         "episodes": per_episode,
         "frames": sum(r["frames"] for r in per_episode),
         "revisit_frames": sum(r["revisit_frames"] for r in per_episode),
@@ -265,6 +265,26 @@ def run(folder: Path, model_folder: Path, methods: list[str], settings: Settings
     return result, shown
 
 
+def by_simulator(episodes: list[Episode], scores: dict[str, list[dict]]) -> dict:
+    """Each method's means over the episodes of one simulator environment."""
+    sims = [simulator_of(e) for e in episodes]
+    return {sim: {m: summarise([s for s, e in zip(rows, sims) if e == sim]) for m, rows in scores.items()}
+            for sim in sorted(set(sims))}
+
+
+def against_targets(methods: dict[str, dict]) -> dict:
+    """The numbers the issue's targets compare (revisit PSNR differences), for the methods that ran."""
+    revisit = {m: r["psnr_revisit"] for m, r in methods.items() if r["psnr_revisit"] is not None}
+    if "come" not in revisit:
+        return {}
+    out = {f"{m}_minus_come_psnr_revisit_db": revisit[m] - revisit["come"] for m in TARGETS["below_come"] if m in revisit}
+    if "base" in revisit:
+        out["come_minus_base_psnr_revisit_db"] = revisit["come"] - revisit["base"]
+    if "oracle" in revisit:
+        out["oracle_minus_come_psnr_revisit_db"] = revisit["oracle"] - revisit["come"]
+    return out
+
+
 def settings_json(model: WorldModel, methods: list[str], settings: Settings) -> dict:
     """The settings of the run, with each method's experts, mode and α written out."""
     recipes = {m: {"experts": list(RECIPES[m][0]), "mode": RECIPES[m][1], "alpha": settings.alpha}
@@ -272,7 +292,7 @@ def settings_json(model: WorldModel, methods: list[str], settings: Settings) -> 
     if "base" in methods:
         recipes["base"] = {"experts": ["base"], "mode": "single", "alpha": 1.0}
     return {**asdict(settings), "methods": recipes, "model_context_frames": model.context_frames,
-            "initial_frames": max(model.context_frames, settings.stm_frames),
+            "initial_frames": initial_frames(model, settings),
             "lora_stream_steps": field_default(LongTermExpert, "stream_steps"),
             "spatial_max_patches": field_default(SpatialExpert, "max_patches"),
             "spatial_guidance": field_default(SpatialExpert, "guidance")}
@@ -328,8 +348,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="world model folder (default: the embedded model)")
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="α of every memory expert (base keeps 1)")
     parser.add_argument("--stm-frames", type=int, default=DEFAULT_STM_FRAMES, help="short-term window in frames")
-    parser.add_argument("--lora-rank", type=int, default=lora_default("rank"), help="episodic LoRA rank")
-    parser.add_argument("--lora-steps", type=int, default=lora_default("steps"), help="LoRA training steps per episode")
+    parser.add_argument("--lora-rank", type=int, default=episodic.DEFAULT_RANK, help="episodic LoRA rank")
+    parser.add_argument("--lora-steps", type=int, default=episodic.DEFAULT_STEPS, help="LoRA training steps per episode")
     parser.add_argument("--steps", type=int, default=rollouts.DEFAULT_STEPS, help="denoising steps per chunk")
     parser.add_argument("--chunk", type=int, default=4, help="frames generated per chunk")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode (episode i uses seed + i)")

@@ -57,6 +57,7 @@ from memory.world.world_model import WorldModel, load_world_model, predict_clean
 # Sibling modules: their folder is first on sys.path when this file runs as a script.
 import plots  # noqa: E402
 from next_chunk import resolve_model  # noqa: E402
+from revisit import field_default  # noqa: E402
 
 FRAMES = 1000
 # a 2 m square at 0.1 m and 5 deg per frame: 152 frames a loop, so the walk comes back again and again
@@ -227,16 +228,13 @@ def run(model_folder: Path, frames: int, stream_steps: int, lora_steps: int, see
     for name in ("base", "full", "ltm_stream"):
         t[name] = timed_rollout(model, compositions[name], *initial, short, steps, chunk)
     t["full_stream"] = timed_rollout(model, compositions["full_stream"], *initial, path, steps, chunk)
-    m = model.context_frames
-    # the base model's conditioning of the first chunk; an empty mosaic has the same size, so the same cost
-    base_conditioning = build_conditioning(rgb[-m:], depth[-m:], path.c2w[known - m:known], path.c2w[known:known + chunk],
-                                           episode.K, Mosaic.empty(chunk, path.height, path.width))
-    evaluation = evaluation_seconds(model, base_conditioning, chunk)
+    # the unit: the base model's evaluation of a chunk (its declared context; content does not change the cost)
+    evaluation = evaluation_seconds(model, context_conditioning(episode, path, model.context_frames, chunk), chunk)
     full_context = full_context_costs(model, episode, path, frames, steps, chunk)
     result = summarise(t, evaluation, full_context, frames, stream_steps)
     result.update({
         "settings": {"frames": frames, "steps": steps, "chunk": chunk, "stream_steps": stream_steps,
-                     "stream_lr": LongTermExpert.__dataclass_fields__["stream_lr"].default,
+                     "stream_lr": field_default(LongTermExpert, "stream_lr"),
                      "lora_steps": lora_steps, "alpha": DEFAULT_ALPHA, "stm_frames": DEFAULT_STM_FRAMES,
                      "initial_frames": known, "loop": LOOP.strip(), "window_frames": WINDOW,
                      "overhead_frames": min(frames, OVERHEAD_FRAMES), "probe_steps": PROBE_STEPS,
