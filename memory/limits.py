@@ -21,6 +21,8 @@ MAX_JSON_DEPTH = 8                 # nesting of a JSON document (a camera path n
 MAX_PATCHES = 10_000_000           # patches in one memory (4.2 GB at 416 bytes each)
 MAX_STEPS = 1000                   # denoising steps per chunk (the training schedule's length)
 MAX_SEED = 0xFFFFFFFFFFFFFFFF      # ComfyUI's seed range is 0..2**64-1
+MAX_LORA_RANK = 512                # episodic LoRA rank (the paper uses 64; 512 is already a full-rank update of the embedded model)
+MAX_LORA_STEPS = 100_000           # LoRA training steps in one call (the paper trains 500)
 MAX_COORDINATE_M = 100_000.0       # metres from the world origin along any axis (float32 still resolves 8 mm there)
 MAX_ANGLE_DEG = 36_000.0           # degrees of a yaw or orbit angle (100 turns; float32 still resolves 0.004 deg)
 

@@ -1,11 +1,9 @@
 """Train, save and load the long-term expert's episodic LoRA."""
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
-import comfy.model_management
 import folder_paths
 import numpy as np
 import torch
@@ -13,15 +11,17 @@ from comfy_api.latest import io
 from PIL import Image, ImageDraw
 
 from ..memory.files import confined_path
-from ..memory.geometry.camera import CameraPath
-from ..memory.geometry.depth import DepthMaps
+from ..memory.geometry.camera import CameraPath, require_path
+from ..memory.geometry.depth import DepthMaps, check_metric_depth
+from ..memory.limits import MAX_LORA_RANK, MAX_LORA_STEPS, MAX_SEED, check_frames
 from ..memory.world.lora import (
-    DEFAULT_LR, DEFAULT_RANK, DEFAULT_STEPS, MAX_RANK, EpisodicLoRA, load_lora, save_lora, train_episodic_lora,
+    DEFAULT_LR, DEFAULT_RANK, DEFAULT_STEPS, EpisodicLoRA, check_weights, load_lora, lora_training, save_lora,
 )
 from ..memory.world.world_model import WorldModel
 from .experts import SUBCATEGORY
 from .types import (
-    CameraPathType, DepthType, EpisodicLoRAType, Progress, WorldModelType, check_widgets, output_file,
+    CameraPathType, DepthType, EpisodicLoRAType, WorldModelType, check_options, check_widgets, output_file,
+    until_interrupted,
 )
 
 LORA_FOLDER = "episodic_loras"
@@ -67,16 +67,29 @@ class TrainEpisodicLoRA(io.ComfyNode):
         return io.Schema(
             node_id="CoMETrainEpisodicLoRA", display_name="Train Episodic LoRA (CoME)", category=SUBCATEGORY,
             description="Trains a peft LoRA on the world model's attention and MLP projections with its own training "
-            "loss on random windows of the frames (AdamW). The model itself is not changed. Cancelling keeps the "
-            "steps finished.",
+            "loss on random windows of frames first_frame..last_frame (AdamW; at least the model's context + 4 frames). "
+            "The model itself is not changed. The LoRA feeds the Long-Term Memory Expert; save it to reuse it. "
+            "Cancelling keeps the steps finished.",
             inputs=[WorldModelType.Input("world_model", tooltip="The world model the LoRA adapts."),
                     io.Image.Input("frames", tooltip="The episode's frames, one per camera."),
                     DepthType.Input("metric_depth", tooltip="Metric depth of the frames."),
                     CameraPathType.Input("camera_path", tooltip="One camera per frame."),
-                    io.Int.Input("rank", default=DEFAULT_RANK, min=1, max=MAX_RANK, tooltip="LoRA rank."),
-                    io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=100000, tooltip="AdamW steps."),
-                    io.Float.Input("lr", default=DEFAULT_LR, min=1e-6, max=0.1, step=1e-4, tooltip="Learning rate."),
-                    io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seed of the windows and noise."),
+                    io.Int.Input("rank", default=DEFAULT_RANK, min=1, max=MAX_LORA_RANK,
+                                 tooltip="LoRA rank: how much the adapter can store (more = slower, larger file). "
+                                 "Ignored when continuing a LoRA (its rank is kept)."),
+                    io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=MAX_LORA_STEPS,
+                                 tooltip="AdamW steps, one random window of the frames each (about 0.15 s per step "
+                                 "for the embedded model on a CPU)."),
+                    io.Float.Input("lr", default=DEFAULT_LR, min=1e-6, max=0.1, step=1e-4,
+                                   tooltip="Learning rate (the paper uses 1e-4 with 500 steps; 1e-3 stores more in "
+                                   "100 steps)."),
+                    io.Int.Input("seed", default=0, min=0, max=MAX_SEED,
+                                 tooltip="Seed of the windows, the noise and the adapter's initialisation; the same "
+                                 "seed and inputs give the same LoRA."),
+                    io.Int.Input("first_frame", default=0, min=0, max=100000, tooltip="First frame to train on."),
+                    io.Int.Input("last_frame", default=-1, min=-1, max=100000,
+                                 tooltip="Last frame to train on (-1 = the last one), e.g. the episode's last context "
+                                 "frame."),
                     EpisodicLoRAType.Input("continue_from", optional=True,
                                            tooltip="A LoRA to continue training (its rank wins).")],
             outputs=[EpisodicLoRAType.Output("lora", display_name="lora", tooltip="The trained LoRA."),
@@ -84,24 +97,37 @@ class TrainEpisodicLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, world_model: WorldModel, frames: torch.Tensor, metric_depth: DepthMaps, camera_path: CameraPath,
-                rank: int, steps: int, lr: float, seed: int, continue_from: EpisodicLoRA | None = None) -> io.NodeOutput:
-        check_widgets(cls, rank=rank, steps=steps, lr=lr, seed=seed)
-        if not isinstance(world_model, WorldModel):
-            raise ValueError(f"world_model: expected the output of Load World Model, got {type(world_model).__name__}.")
-        if not isinstance(camera_path, CameraPath):
-            raise ValueError(f"camera_path: expected a camera path, got {type(camera_path).__name__}.")
-        if not isinstance(frames, torch.Tensor) or len(frames) != len(camera_path) or len(metric_depth) != len(camera_path):
-            raise ValueError(f"frames/metric_depth/camera_path: give one frame, one depth map and one camera each "
-                             f"(got {len(frames)}, {len(metric_depth)}, {len(camera_path)}).")
-        progress = Progress(int(steps))
-        trained, losses = train_episodic_lora(world_model, frames, metric_depth.metres, camera_path.c2w, camera_path.K,
-                                              int(rank), int(steps), lr, int(seed), lambda _: progress.step(),
-                                              continue_from)
-        if comfy.model_management.processing_interrupted():
-            # the cancel stopped training after a finished step: that LoRA is a result worth keeping
-            comfy.model_management.interrupt_current_processing(False)
-            logging.warning("CoME: LoRA training interrupted after %d of %d steps; returning it.", len(losses), steps)
-        return io.NodeOutput(trained, loss_curve(losses))
+                rank: int, steps: int, lr: float, seed: int, first_frame: int = 0, last_frame: int = -1,
+                continue_from: EpisodicLoRA | None = None) -> io.NodeOutput:
+        check_widgets(cls, rank=rank, steps=steps, lr=lr, seed=seed, first_frame=first_frame, last_frame=last_frame)
+        frames = check_frames(frames, "frames")
+        depth = check_metric_depth(metric_depth, "metric_depth")
+        require_path(camera_path, "camera_path")
+        for name, count, what in (("metric_depth", len(depth), "depth maps"), ("camera_path", len(camera_path), "cameras")):
+            if count != len(frames):
+                raise ValueError(f"{name}: counts differ: {count} {what} for {len(frames)} frames; connect outputs of "
+                                 "the same episode.")
+        if (camera_path.height, camera_path.width) != tuple(frames.shape[1:3]):
+            raise ValueError(f"camera_path: its cameras are {camera_path.height}x{camera_path.width} pixels but the "
+                             f"frames are {frames.shape[1]}x{frames.shape[2]}; use the path recorded with the frames.")
+        chosen = frame_range(len(frames), int(first_frame), int(last_frame))
+        # checked now; the training runs as it is iterated, one progress step (and interrupt check) per LoRA step
+        run = lora_training(world_model, frames[chosen], depth[chosen], camera_path.c2w[chosen], camera_path.K,
+                            int(rank), int(steps), float(lr), int(seed), continue_from)
+        until_interrupted(run, int(steps), "LoRA training")
+        # a cancel keeps the steps finished: run.lora and run.losses both stand after the last of them
+        return io.NodeOutput(run.lora, loss_curve(run.losses))
+
+
+def frame_range(total: int, first_frame: int, last_frame: int) -> slice:
+    """Frames ``first_frame .. last_frame`` (-1 = the last) of ``total``, else a ValueError naming the widget."""
+    if first_frame >= total:
+        raise ValueError(f"first_frame: {first_frame} is past the last of the {total} frames; pick 0..{total - 1}.")
+    stop = total if last_frame < 0 else last_frame + 1
+    if not first_frame < stop <= total:
+        raise ValueError(f"last_frame: {last_frame} must be -1 (the end) or between first_frame ({first_frame}) "
+                         f"and {total - 1}, the last of the {total} frames.")
+    return slice(first_frame, stop)
 
 
 class SaveEpisodicLoRA(io.ComfyNode):
@@ -123,6 +149,7 @@ class SaveEpisodicLoRA(io.ComfyNode):
     def execute(cls, lora: EpisodicLoRA, filename_prefix: str) -> io.NodeOutput:
         if not isinstance(lora, EpisodicLoRA):
             raise ValueError(f"lora: expected an episodic LoRA, got {type(lora).__name__}.")
+        check_weights(lora.weights, lora.rank, lora.targets, "lora")
         path, relative = output_file(filename_prefix, "safetensors", lora_root())
         save_lora(lora, path)
         return io.NodeOutput(relative, ui={"text": [f"saved a rank-{lora.rank} LoRA ({lora.steps} steps) to {relative}"]})
@@ -141,6 +168,7 @@ class LoadEpisodicLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora_file: str) -> io.NodeOutput:
+        check_options(cls, lora_file=lora_file)
         for root in folder_paths.get_folder_paths(LORA_FOLDER):
             path = confined_path(root, lora_file, "lora_file")
             if path.is_file():

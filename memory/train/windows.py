@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -17,6 +18,15 @@ MOSAIC_DROPOUT = 0.15
 DEPTH_UNKNOWN = 0.1
 FAR_SOURCES = 0.3
 REVISIT_RADIUS_M = 3.0
+
+
+class Frames(Protocol):
+    """What windows are cut from: an Episode, or any frames with its rgb uint8 [T,H,W,3], depth, c2w and K."""
+
+    rgb: torch.Tensor
+    depth: torch.Tensor
+    c2w: torch.Tensor
+    K: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,7 @@ def load_episodes(folder: str | Path) -> list[Episode]:
     return [read_episode(f) for f in files]
 
 
-def mosaic_sources(episode: Episode, start: int, context_frames: int, rng: random.Random) -> list[int]:
+def mosaic_sources(episode: Frames, start: int, context_frames: int, rng: random.Random) -> list[int]:
     """Frames whose warp conditions a window starting at ``start``: the latest context frame, sometimes far-away revisits."""
     context = list(range(start, start + context_frames))
     roll = rng.random()
@@ -52,7 +62,7 @@ def mosaic_sources(episode: Episode, start: int, context_frames: int, rng: rando
     return sources
 
 
-def make_window(episode: Episode, start: int, sources: list[int], context_frames: int,
+def make_window(episode: Frames, start: int, sources: list[int], context_frames: int,
                 depth_known: bool = True) -> Window:
     """The network inputs of frames ``start .. start+context+TARGET`` with mosaics warped from ``sources``."""
     c = context_frames

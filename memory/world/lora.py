@@ -3,46 +3,56 @@
 The adapter sits on the attention and MLP projections of every block (``qkv``, ``proj``, ``fc1``,
 ``fc2``), trained with the backbone's own training loss (memory/train/loop.py) on random windows
 of the episode's frames (memory/train/windows.py), so the LoRA learns exactly what the backbone
-reads. The backbone itself is never changed: training and prediction use a copy with the adapter.
+reads. The backbone itself is never changed: training runs on a copy with the adapter injected, and
+predictions on a copy whose adapted projections have the LoRA merged in (every other weight shared).
 """
 from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from torch import nn
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from torch import nn
 
-from ..data.episode import Episode
 from ..files import atomic_save_safetensors, read_safetensors
-from ..limits import check_count, check_frames
+from ..geometry.camera import validate_cameras
+from ..geometry.depth import check_metric_depth
+from ..limits import MAX_LORA_RANK, MAX_LORA_STEPS, MAX_SEED, check_count, check_frames
 from ..train.loop import training_loss
 from ..train.windows import TARGET_FRAMES, make_window, mosaic_sources
-from .backbones.mosaic_dit import MosaicDiT
 from .world_model import WorldModel
 
 LORA_FORMAT = "come-episodic-lora/1"
-TARGETS = ("qkv", "proj", "fc1", "fc2")
+TARGET_LAYERS = ("qkv", "proj", "fc1", "fc2")
 ADAPTER = "episodic"
-# Defaults measured on the 2-core CPU (one thread) with the embedded model on the sample's 64 context
-# frames: rank 16 (131k adapter weights), 100 AdamW steps of one window each take 13 s and lower the
-# one-step error on those frames by 11% at lr 1e-3 (1% at the paper's 1e-4, which pairs it with 500 steps).
+# Measured on this 2-core CPU with the embedded model on the sample episode's 64 context frames (64x64):
+# rank 16 (131k adapter weights), 100 AdamW steps of one window each take about 13 s; at lr 1e-3 they
+# lower the one-step error on those frames by about 11%, at the paper's 1e-4 (paired there with 500
+# steps on a GPU) by about 1%, so the CPU default takes the larger step.
 DEFAULT_RANK = 16
 DEFAULT_STEPS = 100
 DEFAULT_LR = 1e-3
-MAX_RANK = 512
-MAX_STEPS = 100_000
+GRAD_CLIP = 1.0  # the backbone's own training clips at 1 too
+_WHOLE = re.compile(r"[0-9]{1,12}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EpisodicLoRA:
-    """LoRA weights (peft names without the adapter name, CPU float32) and what they were trained as and on."""
+    """LoRA weights (peft names without the adapter name, CPU float32) and what they were trained as and on.
+
+    ``weights`` holds ``<target>.lora_A.weight`` [rank, in] and ``<target>.lora_B.weight`` [out, rank]
+    for every module name in ``targets``; the update is ``alpha / rank * B @ A``. ``backbone`` is
+    the :func:`backbone_fingerprint` of the network it was trained on, ``steps`` the steps trained so far.
+    """
 
     weights: dict[str, torch.Tensor]
     rank: int
@@ -54,117 +64,258 @@ class EpisodicLoRA:
     def __len__(self) -> int:
         return sum(t.numel() for t in self.weights.values())
 
+    @property
+    def scale(self) -> float:
+        """The factor of ``B @ A`` in the adapted weights."""
+        return self.alpha / self.rank
 
-def backbone_fingerprint(network: MosaicDiT) -> str:
+
+def backbone_fingerprint(network: nn.Module) -> str:
     """What an adapter's shapes depend on: the backbone class and its shape-defining settings."""
-    shape = {k: network.config[k] for k in ("patch_size", "hidden_size", "depth", "num_heads")}
+    shape = {k: network.config[k] for k in ("patch_size", "hidden_size", "depth", "num_heads") if k in network.config}
     return f"{type(network).__name__}:{json.dumps(shape, sort_keys=True)}"
 
 
-def _adapted(model: WorldModel, rank: int, alpha: float, weights: dict[str, torch.Tensor] | None,
-             seed: int = 0) -> MosaicDiT:
-    """A float32 CPU copy of the backbone with a LoRA adapter injected (initialised from ``seed``, or loaded from ``weights``)."""
-    # nn.Module.to: diffusers' ModelMixin.to warns about dtype casts that are intended here
-    network = nn.Module.to(copy.deepcopy(model.network), device="cpu", dtype=torch.float32)
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(TARGETS), lora_dropout=0.0)
-    with torch.random.fork_rng(devices=[]):
-        # peft draws lora_A from the global generator; a seeded fork keeps training deterministic per seed
-        torch.manual_seed(seed)
-        network = inject_adapter_in_model(config, network, adapter_name=ADAPTER)
-    if weights is not None:
-        set_peft_model_state_dict(network, weights, adapter_name=ADAPTER)
-    for name, parameter in network.named_parameters():
-        parameter.requires_grad_("lora_" in name)
+def lora_targets(network: nn.Module) -> tuple[str, ...]:
+    """The modules an episodic LoRA adapts: every Linear named qkv, proj, fc1 or fc2 (attention and MLP projections)."""
+    return tuple(name for name, module in network.named_modules()
+                 if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in TARGET_LAYERS)
+
+
+def new_lora(model: WorldModel, rank: int = DEFAULT_RANK, seed: int = 0) -> EpisodicLoRA:
+    """An untrained LoRA (the update B @ A is zero) for ``model``'s backbone, with alpha = rank."""
+    rank = check_count(rank, "rank", 1, MAX_LORA_RANK)
+    # peft's own initialisation (kaiming-uniform A, zero B) from a seeded generator, so that a seed gives
+    # the same LoRA without touching the global random state ComfyUI's other nodes use
+    generator = torch.Generator().manual_seed(check_count(seed, "seed", 0, MAX_SEED))
+    weights = {}
+    for name in lora_targets(model.network):
+        module = model.network.get_submodule(name)
+        bound = 1 / math.sqrt(module.in_features)
+        weights[f"{name}.lora_A.weight"] = (torch.rand(rank, module.in_features, generator=generator) * 2 - 1) * bound
+        weights[f"{name}.lora_B.weight"] = torch.zeros(module.out_features, rank)
+    return EpisodicLoRA(weights, rank, float(rank), lora_targets(model.network), backbone_fingerprint(model.network), 0)
+
+
+def check_weights(weights: dict[str, torch.Tensor], rank: int, targets: tuple[str, ...], name: str) -> None:
+    """ValueError naming ``name`` unless ``weights`` are exactly the finite float A [rank,in] and B [out,rank] of ``targets``."""
+    if not targets or any(not isinstance(t, str) or t.rsplit(".", 1)[-1] not in TARGET_LAYERS for t in targets) \
+            or len(set(targets)) != len(targets):
+        raise ValueError(f"{name}: its targets {list(targets)[:4]} are not distinct {'/'.join(TARGET_LAYERS)} modules; "
+                         "train or save the LoRA again.")
+    expected = {f"{t}.lora_{side}.weight" for t in targets for side in "AB"}
+    if set(weights) != expected:
+        odd = sorted(set(weights) ^ expected)[:3]
+        raise ValueError(f"{name}: its weights do not match its targets ({', '.join(odd)}); train or save it again.")
+    for key, tensor in weights.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.ndim != 2:
+            raise ValueError(f"{name}: weight {key} is not a 2-D float tensor; the LoRA is damaged.")
+        if tensor.shape[0 if ".lora_A." in key else 1] != rank:
+            raise ValueError(f"{name}: weight {key} has shape {list(tensor.shape)}, which is not rank {rank}; "
+                             "the LoRA is damaged.")
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{name}: weight {key} holds NaN or inf; the file is damaged or the training diverged.")
+
+
+def check_lora(lora: object, model: WorldModel, name: str = "lora") -> EpisodicLoRA:
+    """``lora`` if it is an EpisodicLoRA whose backbone, targets and rank fit ``model``, else a ValueError naming ``name``."""
+    if not isinstance(lora, EpisodicLoRA):
+        raise ValueError(f"{name}: expected an episodic LoRA (Train or Load Episodic LoRA), got {type(lora).__name__}.")
+    check_count(lora.rank, name, 1, MAX_LORA_RANK, "(rank)")
+    check_weights(lora.weights, lora.rank, lora.targets, name)
+    expected = backbone_fingerprint(model.network)
+    if lora.backbone != expected:
+        raise ValueError(f"{name}: a LoRA trained on another backbone ({lora.backbone}); this world model is "
+                         f"{expected}. Train a LoRA on this world model.")
+    modules = dict(model.network.named_modules())
+    for target in lora.targets:
+        module = modules.get(target)
+        a, b = lora.weights[f"{target}.lora_A.weight"], lora.weights[f"{target}.lora_B.weight"]
+        if not isinstance(module, nn.Linear) or (a.shape[1], b.shape[0]) != (module.in_features, module.out_features):
+            raise ValueError(f"{name}: a LoRA trained on another backbone or rank: its {target} adapter "
+                             f"(rank {lora.rank}, {a.shape[1]}->{b.shape[0]}) does not fit this world model. "
+                             "Train a LoRA on this world model.")
+    return lora
+
+
+@contextmanager
+def _trainable() -> Iterator[None]:
+    """Autograd on, even inside ComfyUI's ``torch.inference_mode()`` (every prompt runs under it)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+@dataclass(frozen=True)
+class _Frames:
+    """What training windows are cut from (the fields of an Episode that make_window reads): rgb uint8, depth, c2w, K."""
+
+    rgb: torch.Tensor
+    depth: torch.Tensor
+    c2w: torch.Tensor
+    K: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.rgb.shape[0])
+
+
+def _frames(model: WorldModel, rgb: object, depth: object, c2w: object, K: object) -> _Frames:
+    """The checked training frames, as new (non-inference) tensors: frames 0..1 [T,H,W,3], depth [T,H,W], c2w [T,4,4], K [3,3]."""
+    rgb = check_frames(rgb, "frames")
+    count, height, width = rgb.shape[:3]
+    least = model.context_frames + TARGET_FRAMES
+    if count < least:
+        raise ValueError(f"frames: a LoRA training window is {least} frames ({model.context_frames} context + "
+                         f"{TARGET_FRAMES} targets), got {count}; give at least {least} frames.")
+    patch = model.network.config.patch_size
+    if height % patch or width % patch:
+        raise ValueError(f"frames: {height}x{width} is not a multiple of the model's patch size {patch}; "
+                         f"resize the frames to multiples of {patch}.")
+    depth = check_metric_depth(depth, "metric_depth")
+    if tuple(depth.shape) != (count, height, width):
+        raise ValueError(f"metric_depth: {list(depth.shape)} (count, height, width) does not match the frames "
+                         f"{[count, height, width]}; give one depth map per frame at their size.")
+    if not isinstance(c2w, torch.Tensor) or not isinstance(K, torch.Tensor):
+        raise ValueError("camera_path: expected camera poses c2w [T,4,4] and intrinsics K [3,3] as tensors.")
+    validate_cameras(c2w.float(), K.float(), "camera_path")
+    if len(c2w) != count:
+        raise ValueError(f"camera_path: {len(c2w)} cameras for {count} frames; give one camera per frame.")
+    with _trainable():
+        # make_window reads frames as uint8 (episodes store them so); copies made here are ordinary tensors,
+        # since tensors created under inference_mode cannot be saved for backward
+        return _Frames((rgb * 255).round().to(torch.uint8), depth.float().clone(), c2w.float().clone(),
+                       K.float().clone())
+
+
+def _adapted(model: WorldModel, lora: EpisodicLoRA) -> nn.Module:
+    """A float32 CPU copy of the backbone with ``lora`` injected as a trainable peft adapter (the backbone frozen)."""
+    with _trainable():
+        # nn.Module.to: diffusers' ModelMixin.to warns about dtype casts that are intended here
+        network = nn.Module.to(copy.deepcopy(model.network), device="cpu", dtype=torch.float32)
+        config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.targets), lora_dropout=0.0)
+        # low_cpu_mem_usage: the adapter starts on the meta device (no random init), its weights are loaded next
+        network = inject_adapter_in_model(config, network, adapter_name=ADAPTER, low_cpu_mem_usage=True)
+        # clones: training must never write into the tensors of the LoRA value it started from
+        set_peft_model_state_dict(network, {k: v.clone() for k, v in lora.weights.items()}, adapter_name=ADAPTER,
+                                  low_cpu_mem_usage=True)
+        for key, parameter in network.named_parameters():
+            parameter.requires_grad_(".lora_" in key)
     return network
 
 
-def _episode(rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, name: str) -> Episode:
-    """The frames as an Episode that training windows are cut from (cloned: inference tensors cannot be trained on)."""
-    frames = check_frames(rgb, name)
-    return Episode((frames * 255).round().to(torch.uint8).clone(), depth.float().clone(), c2w.float().clone(),
-                   K.float().clone(), None, "episodic-lora", 0, len(frames) - 1)
+def _check_lr(lr: object) -> float:
+    """``lr`` as a float in (0, 1), else a ValueError naming ``lr``."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1:
+        raise ValueError(f"lr: the learning rate must be a number in (0, 1), got {lr!r}; try {DEFAULT_LR}.")
+    return float(lr)
+
+
+class LoRATraining:
+    """LoRA training as it runs: each item is one AdamW step (its loss); ``lora`` is the adapter after the steps finished.
+
+    A caller that stops iterating (a cancel) keeps a consistent LoRA of the steps done so far.
+    """
+
+    def __init__(self, model: WorldModel, frames: _Frames, start: EpisodicLoRA, steps: int, lr: float, seed: int):
+        self.model, self.frames, self.start, self.steps, self.lr, self.seed = model, frames, start, steps, lr, seed
+        self.losses: list[float] = []
+        self._network: nn.Module | None = None
+
+    def __iter__(self) -> Iterator[float]:
+        model, frames, c = self.model, self.frames, self.model.context_frames
+        self.losses, network = [], _adapted(model, self.start)
+        self._network = network.train()
+        trainable = [p for p in network.parameters() if p.requires_grad]
+        with _trainable():
+            optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=0.0)
+        rng, generator = random.Random(self.seed), torch.Generator().manual_seed(self.seed)
+        for _ in range(self.steps):
+            # grad mode per step, not around the yield: the caller's code must not run with autograd on
+            with _trainable():
+                first = rng.randrange(0, len(frames) - c - TARGET_FRAMES + 1)
+                window = make_window(frames, first, mosaic_sources(frames, first, c, rng), c)
+                loss = training_loss(network, model.schedule, window.clean[None], window.mosaic[None],
+                                     window.rays[None], generator)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP)
+                optimizer.step()
+            self.losses.append(loss.item())
+            yield self.losses[-1]
+
+    @property
+    def lora(self) -> EpisodicLoRA:
+        """The LoRA after the steps finished so far (``start`` before the first)."""
+        if self._network is None:
+            return self.start
+        with _trainable():
+            state = get_peft_model_state_dict(self._network, adapter_name=ADAPTER)
+            weights = {k: v.detach().float().cpu().clone() for k, v in state.items()}
+        return replace(self.start, weights=weights, steps=self.start.steps + len(self.losses))
+
+
+def lora_training(model: WorldModel, rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
+                  rank: int = DEFAULT_RANK, steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR, seed: int = 0,
+                  start: EpisodicLoRA | None = None) -> LoRATraining:
+    """Checked inputs of a LoRA training that runs as it is iterated (see :func:`train_episodic_lora` for the arguments)."""
+    if not isinstance(model, WorldModel):
+        raise ValueError(f"world_model: expected the output of Load World Model, got {type(model).__name__}.")
+    steps = check_count(steps, "steps", 1, MAX_LORA_STEPS)
+    lr = _check_lr(lr)
+    seed = check_count(seed, "seed", 0, MAX_SEED)
+    start = new_lora(model, rank, seed) if start is None else check_lora(start, model)
+    return LoRATraining(model, _frames(model, rgb, depth, c2w, K), start, steps, lr, seed)
 
 
 def train_episodic_lora(model: WorldModel, rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor,
                         K: torch.Tensor, rank: int = DEFAULT_RANK, steps: int = DEFAULT_STEPS,
                         lr: float = DEFAULT_LR, seed: int = 0, callback: Callable[[int], None] | None = None,
                         start: EpisodicLoRA | None = None) -> tuple[EpisodicLoRA, list[float]]:
-    """A LoRA trained ``steps`` AdamW steps on random windows of frames rgb [T,H,W,3] 0..1, depth [T,H,W], c2w [T,4,4].
+    """A LoRA trained ``steps`` AdamW steps on random windows of frames rgb [T,H,W,3] 0..1, depth [T,H,W], c2w [T,4,4], K.
 
-    ``start`` continues an earlier LoRA (its rank wins). ``callback(step)`` runs after every step; if
-    it raises (a cancel), training stops and the steps finished are kept. Works inside
-    ``torch.inference_mode()``, as every ComfyUI prompt runs.
+    ``start`` continues an earlier LoRA (its rank wins; the optimizer starts afresh). ``callback(step)``
+    runs after every step; an exception it raises (a cancel) propagates; iterate :func:`lora_training`
+    to keep the steps finished instead. Deterministic for a seed; works inside ``torch.inference_mode()``.
     """
-    if start is not None:
-        check_lora(start, model)
-    rank = start.rank if start is not None else check_count(rank, "rank", 1, MAX_RANK)
-    check_count(steps, "steps", 1, MAX_STEPS)
-    if not (isinstance(lr, (int, float)) and 0 < lr < 1):
-        raise ValueError(f"lr: the learning rate must be a number in (0, 1), got {lr!r}.")
-    c = model.context_frames
-    if len(rgb) < c + TARGET_FRAMES:
-        raise ValueError(f"frames: a LoRA window needs {c + TARGET_FRAMES} frames ({c} context + {TARGET_FRAMES}), "
-                         f"got {len(rgb)}; give more frames.")
-    alpha = float(start.alpha if start is not None else rank)
-    losses: list[float] = []
-    with torch.inference_mode(False), torch.enable_grad():
-        episode = _episode(rgb, depth, c2w, K, "frames")
-        network = _adapted(model, rank, alpha, None if start is None else start.weights, seed).train()
-        optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-        rng, generator = random.Random(seed), torch.Generator().manual_seed(seed)
-        for step in range(int(steps)):
-            first = rng.randrange(0, len(episode) - c - TARGET_FRAMES + 1)
-            window = make_window(episode, first, mosaic_sources(episode, first, c, rng), c)
-            loss = training_loss(network, model.schedule, window.clean[None], window.mosaic[None],
-                                 window.rays[None], generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            if callback is not None:
-                try:
-                    callback(step)
-                except Exception:  # a cancel from the caller: keep the steps finished
-                    break
-        weights = {k: v.detach().float().cpu().clone()
-                   for k, v in get_peft_model_state_dict(network, adapter_name=ADAPTER).items()}
-    done = (start.steps if start is not None else 0) + len(losses)
-    return EpisodicLoRA(weights, rank, alpha, TARGETS, backbone_fingerprint(model.network), done), losses
-
-
-def check_lora(lora: object, model: WorldModel, name: str = "lora") -> EpisodicLoRA:
-    """``lora`` if it is an EpisodicLoRA trained on this backbone, else a ValueError naming ``name``."""
-    if not isinstance(lora, EpisodicLoRA):
-        raise ValueError(f"{name}: expected an episodic LoRA (Train or Load Episodic LoRA), got {type(lora).__name__}.")
-    expected = backbone_fingerprint(model.network)
-    if lora.backbone != expected:
-        raise ValueError(f"{name}: it was trained on another backbone ({lora.backbone}), this model is {expected}; "
-                         "train a LoRA on this world model.")
-    return lora
-
-
-def lora_network(model: WorldModel, lora: EpisodicLoRA) -> WorldModel:
-    """The world model with the LoRA applied (a copy; ``model`` stays as it is)."""
-    check_lora(lora, model)
-    try:
-        network = _adapted(model, lora.rank, lora.alpha, lora.weights)
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise ValueError(f"lora: its weights do not fit this backbone with rank {lora.rank} ({err}).") from None
-    network = nn.Module.to(network, device=model.device, dtype=model.dtype).eval()
-    return WorldModel(network, f"{model.name}+lora", model.schedule)
+    run = lora_training(model, rgb, depth, c2w, K, rank, steps, lr, seed, start)
+    for step, _ in enumerate(run):
+        if callback is not None:
+            callback(step)
+    return run.lora, run.losses
 
 
 def stream_update(model: WorldModel, lora: EpisodicLoRA, rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor,
                   K: torch.Tensor, steps: int, lr: float, seed: int,
                   callback: Callable[[int], None] | None = None) -> EpisodicLoRA:
-    """``lora`` after ``steps`` more steps on the latest frames (a rollout calls it after each chunk: constant cost)."""
+    """``lora`` after ``steps`` more steps on the latest frames (at least context + 4); a rollout calls it after each chunk.
+
+    Each step trains on one window whatever the number of frames, so the cost per call is constant
+    when the caller passes a bounded number of recent frames.
+    """
     return train_episodic_lora(model, rgb, depth, c2w, K, steps=steps, lr=lr, seed=seed, callback=callback,
                                start=lora)[0]
 
 
+def lora_network(model: WorldModel, lora: EpisodicLoRA) -> WorldModel:
+    """A new WorldModel whose network is the backbone with ``lora`` merged into its projections (``model`` unchanged)."""
+    check_lora(lora, model)
+    network = model.network
+    # every parameter is shared with the backbone except the adapted weights, which are new tensors assigned
+    # to the copied modules: a copy costs the adapted projections only, and the backbone is never written
+    shared = {id(t): t for t in (*network.parameters(), *network.buffers())}
+    adapted = copy.deepcopy(network, memo=shared)
+    with torch.no_grad():
+        for target in lora.targets:
+            module = adapted.get_submodule(target)
+            a, b = lora.weights[f"{target}.lora_A.weight"], lora.weights[f"{target}.lora_B.weight"]
+            delta = (b @ a * lora.scale).to(module.weight.device)
+            merged = (module.weight.float() + delta).to(module.weight.dtype)
+            module.weight = nn.Parameter(merged, requires_grad=False)
+    return WorldModel(adapted.eval(), f"{model.name}+lora", model.schedule)
+
+
 def save_lora(lora: EpisodicLoRA, path: str | os.PathLike) -> Path:
-    """Write ``lora`` atomically as a ``come-episodic-lora/1`` safetensors file."""
-    metadata = {"format": LORA_FORMAT, "rank": str(lora.rank), "alpha": repr(lora.alpha),
+    """Write ``lora`` atomically as a ``come-episodic-lora/1`` safetensors file (rank, alpha, targets, backbone, steps in metadata)."""
+    metadata = {"format": LORA_FORMAT, "rank": str(lora.rank), "alpha": repr(float(lora.alpha)),
                 "targets": json.dumps(list(lora.targets)), "backbone": lora.backbone, "steps": str(lora.steps)}
     return atomic_save_safetensors(lora.weights, path, metadata)
 
@@ -172,23 +323,17 @@ def save_lora(lora: EpisodicLoRA, path: str | os.PathLike) -> Path:
 def load_lora(path: str | os.PathLike) -> EpisodicLoRA:
     """Read a LoRA written by :func:`save_lora`; ValueErrors naming ``lora_file`` for damaged or foreign files."""
     tensors, metadata = read_safetensors(path, LORA_FORMAT, "lora_file")
+    where = f"lora_file: {path}"
     try:
-        rank, alpha, steps = int(metadata["rank"]), float(metadata["alpha"]), int(metadata["steps"])
-        targets, backbone = tuple(json.loads(metadata["targets"])), metadata["backbone"]
+        rank, steps, alpha = metadata["rank"], metadata["steps"], float(metadata["alpha"])
+        targets, backbone = json.loads(metadata["targets"]), metadata["backbone"]
     except (KeyError, ValueError, TypeError):
-        raise ValueError(f"lora_file: {path} has missing or damaged metadata (rank, alpha, targets, backbone, "
-                         "steps); save the LoRA again.") from None
-    if not 1 <= rank <= MAX_RANK or not 0 < alpha < float("inf") or steps < 0 or targets != TARGETS:
-        raise ValueError(f"lora_file: {path} has metadata out of range (rank {rank}, alpha {alpha}, steps {steps}, "
-                         f"targets {list(targets)}); save the LoRA again.")
-    if not tensors:
-        raise ValueError(f"lora_file: {path} holds no weights; save the LoRA again.")
-    for name, tensor in tensors.items():
-        if not name.endswith((".lora_A.weight", ".lora_B.weight")) or not name.rsplit(".", 2)[0].endswith(TARGETS):
-            raise ValueError(f"lora_file: {path} holds '{name}', not a LoRA weight of {', '.join(TARGETS)}.")
-        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
-            raise ValueError(f"lora_file: {path} weight {name} is not finite float values; the file is damaged.")
-        side = 0 if name.endswith("lora_A.weight") else 1
-        if tensor.ndim != 2 or tensor.shape[side] != rank:
-            raise ValueError(f"lora_file: {path} weight {name} has shape {list(tensor.shape)}, not rank {rank}.")
-    return EpisodicLoRA({k: v.float() for k, v in tensors.items()}, rank, alpha, targets, backbone, steps)
+        raise ValueError(f"{where} has missing or damaged metadata (rank, alpha, targets, backbone, steps); "
+                         "save the LoRA again.") from None
+    if not _WHOLE.fullmatch(rank) or not _WHOLE.fullmatch(steps) or not 1 <= int(rank) <= MAX_LORA_RANK \
+            or not math.isfinite(alpha) or alpha <= 0 or not isinstance(targets, list) or not backbone:
+        raise ValueError(f"{where} has metadata out of range (rank {rank!r}, alpha {alpha!r}, steps {steps!r}, "
+                         f"targets, backbone); save the LoRA again.")
+    targets = tuple(targets)
+    check_weights(tensors, int(rank), targets, where)
+    return EpisodicLoRA({k: v.float() for k, v in tensors.items()}, int(rank), alpha, targets, backbone, int(steps))
