@@ -26,6 +26,7 @@ from .types import (
 
 LORA_FOLDER = "episodic_loras"
 CURVE_SIZE = (512, 256)
+SMOOTHING = 0.9
 
 folder_paths.add_model_folder_path(LORA_FOLDER, os.path.join(folder_paths.models_dir, LORA_FOLDER))
 
@@ -45,17 +46,28 @@ def lora_choices() -> list[str]:
 
 
 def loss_curve(losses: list[float]) -> torch.Tensor:
-    """An IMAGE [1,H,W,3] of the training loss per step (a line, scaled to its own range)."""
+    """An IMAGE [1,H,W,3] of the loss per step (faint) and its running mean (bright), scaled to their range."""
     width, height = CURVE_SIZE
     image = Image.new("RGB", CURVE_SIZE, (20, 20, 26))
     draw = ImageDraw.Draw(image)
     if losses:
+        # every step draws another window and noise level, so single losses jump; the running mean shows the trend
+        mean, smooth = losses[0], []
+        for value in losses:
+            mean = SMOOTHING * mean + (1 - SMOOTHING) * value
+            smooth.append(mean)
         low, high = min(losses), max(losses)
         span = high - low or 1.0
-        points = [(16 + i * (width - 32) / max(1, len(losses) - 1), height - 24 - (v - low) / span * (height - 48))
-                  for i, v in enumerate(losses)]
-        draw.line(points if len(points) > 1 else points * 2, fill=(65, 160, 255), width=2)
-        draw.text((16, 6), f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps", fill=(230, 230, 230))
+
+        def line(values: list[float], colour: tuple[int, int, int]) -> None:
+            points = [(16 + i * (width - 32) / max(1, len(values) - 1), height - 24 - (v - low) / span * (height - 48))
+                      for i, v in enumerate(values)]
+            draw.line(points if len(points) > 1 else points * 2, fill=colour, width=2)
+
+        line(losses, (50, 70, 100))
+        line(smooth, (65, 160, 255))
+        draw.text((16, 6), f"loss (running mean) {smooth[0]:.4f} -> {smooth[-1]:.4f} over {len(losses)} steps",
+                  fill=(230, 230, 230))
     return torch.from_numpy(np.asarray(image)).float()[None] / 255
 
 
@@ -83,7 +95,7 @@ class TrainEpisodicLoRA(io.ComfyNode):
                     io.Float.Input("lr", default=DEFAULT_LR, min=1e-6, max=0.1, step=1e-4,
                                    tooltip="Learning rate (the paper uses 1e-4 with 500 steps; 1e-3 stores more in "
                                    "100 steps)."),
-                    io.Int.Input("seed", default=0, min=0, max=MAX_SEED,
+                    io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
                                  tooltip="Seed of the windows, the noise and the adapter's initialisation; the same "
                                  "seed and inputs give the same LoRA."),
                     io.Int.Input("first_frame", default=0, min=0, max=100000, tooltip="First frame to train on."),
