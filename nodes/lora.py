@@ -15,7 +15,8 @@ from ..memory.geometry.camera import CameraPath, require_path
 from ..memory.geometry.depth import DepthMaps, check_metric_depth
 from ..memory.limits import MAX_LORA_RANK, MAX_LORA_STEPS, MAX_SEED, check_frames
 from ..memory.world.lora import (
-    DEFAULT_LR, DEFAULT_RANK, DEFAULT_STEPS, EpisodicLoRA, check_weights, load_lora, lora_training, save_lora,
+    DEFAULT_LR, DEFAULT_RANK, DEFAULT_STEPS, EpisodicLoRA, check_lora, check_weights, load_lora, lora_training,
+    save_lora,
 )
 from ..memory.world.world_model import WorldModel
 from .experts import SUBCATEGORY
@@ -112,6 +113,8 @@ class TrainEpisodicLoRA(io.ComfyNode):
                 rank: int, steps: int, lr: float, seed: int, first_frame: int = 0, last_frame: int = -1,
                 continue_from: EpisodicLoRA | None = None) -> io.NodeOutput:
         check_widgets(cls, rank=rank, steps=steps, lr=lr, seed=seed, first_frame=first_frame, last_frame=last_frame)
+        if not isinstance(world_model, WorldModel):
+            raise ValueError(f"world_model: expected the output of Load World Model, got {type(world_model).__name__}.")
         frames = check_frames(frames, "frames")
         depth = check_metric_depth(metric_depth, "metric_depth")
         require_path(camera_path, "camera_path")
@@ -123,6 +126,8 @@ class TrainEpisodicLoRA(io.ComfyNode):
             raise ValueError(f"camera_path: its cameras are {camera_path.height}x{camera_path.width} pixels but the "
                              f"frames are {frames.shape[1]}x{frames.shape[2]}; use the path recorded with the frames.")
         chosen = frame_range(len(frames), int(first_frame), int(last_frame))
+        if continue_from is not None:
+            check_lora(continue_from, world_model, "continue_from")
         # checked now; the training runs as it is iterated, one progress step (and interrupt check) per LoRA step
         run = lora_training(world_model, frames[chosen], depth[chosen], camera_path.c2w[chosen], camera_path.K,
                             int(rank), int(steps), float(lr), int(seed), continue_from)
