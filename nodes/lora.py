@@ -69,7 +69,7 @@ def loss_curve(losses: list[float]) -> torch.Tensor:
         line(smooth, (65, 160, 255))
         draw.text((16, 6), f"loss (running mean) {smooth[0]:.4f} -> {smooth[-1]:.4f} over {len(losses)} steps",
                   fill=(230, 230, 230))
-    return torch.from_numpy(np.asarray(image)).float()[None] / 255
+    return torch.from_numpy(np.array(image)).float()[None] / 255
 
 
 class TrainEpisodicLoRA(io.ComfyNode):
