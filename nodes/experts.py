@@ -203,7 +203,7 @@ class NavigateWithMemory(io.ComfyNode):
         run = rollout(world_model, composition, initial_frames, depth, camera_path, chunk_size, steps, seed,
                       callback=lambda _: progress.step(), lora_callback=lambda _: progress.step(), keep_memory=True)
         total = (rollout_steps(len(initial_frames), len(camera_path), chunk_size, steps, depth is not None)
-                 + stream_steps(composition, len(initial_frames), len(camera_path), chunk_size))
+                 + stream_steps(world_model, composition, len(initial_frames), len(camera_path), chunk_size))
         progress = Progress(total)
         done = until_interrupted(run, total, "navigation with memory", progress)
         rgb = torch.cat([c.rgb for c in done])

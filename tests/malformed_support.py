@@ -69,6 +69,9 @@ class Env:
             "COME_DEPTH": lambda: self.metric_depth,
             "COME_PATCH_MEMORY": lambda: self.memory,
             "COME_WORLD_MODEL": lambda: self.model,
+            "COME_EXPERT": lambda: self.expert,
+            "COME_COMPOSITION": lambda: self.composition,
+            "COME_EPISODIC_LORA": lambda: self.lora,
         }
         if io_type not in values:
             raise KeyError(f"no sample value for a {io_type} socket of {node_id}")
@@ -107,3 +110,20 @@ class Env:
     def model(self) -> Any:
         """The embedded default world model, through Load World Model."""
         return self.call("CoMELoadWorldModel", device="cpu").args[0]
+
+    @cached_property
+    def expert(self) -> Any:
+        """A base expert, through its node."""
+        return self.call("CoMEBaseExpert").args[0]
+
+    @cached_property
+    def composition(self) -> Any:
+        """A composition of the base expert alone, through PoCE Combine."""
+        return self.call("CoMEPoCECombine", expert_1=self.expert).args[0]
+
+    @cached_property
+    def lora(self) -> Any:
+        """A one-step episodic LoRA of the sample's first 8 frames, through Train Episodic LoRA."""
+        depth = type(self.metric_depth)(self.metric_depth.metres[:8])
+        return self.call("CoMETrainEpisodicLoRA", frames=self.frames[:8], metric_depth=depth,
+                         camera_path=self.path.slice(0, 8), steps=1).args[0]

@@ -69,8 +69,7 @@ class Rollout:
             depth_pass = build_conditioning(frames[:0], torch.zeros(0, path.height, path.width), path.c2w[:0],
                                             path.c2w[:known], path.K, first, depth_known=False)
             depth = decode_rgbd(sample_chunk(model, depth_pass, known, self.steps, generator, self.callback))[1]
-        window = max(model.context_frames, model.mosaic_frames, model.context_frames + STREAM_TARGETS,
-                     *(getattr(e, "frames", 0) for e in self.composition.experts))
+        window = window_frames(model, self.composition)
         observed = self.observed
         if observed is None and self.lift:
             observed = insert_frames(PatchMemory.empty(model.network.config.patch_size), frames, depth,
@@ -84,8 +83,9 @@ class Rollout:
         w_memory, w_null = weights(self.composition.mode, self.composition.alphas)
         alphas_cumprod = model.schedule.alphas_cumprod
         chunk_index = 0
+        streams = stream_schedule(model, self.composition, known, len(path), self.chunk)
         while state.done < len(path):
-            if chunk_index and lora_model is not None and self.long_term.stream_steps > 0:
+            if streams[chunk_index]:
                 # streamed after the previous chunk was handed out, so an interrupt here loses no frame and
                 # leaves the previous LoRA in the state
                 state.lora = stream_update(model, state.lora, state.rgb, state.depth, state.c2w, path.K,
@@ -189,7 +189,24 @@ def chunk_count(initial: int, cameras: int, chunk: int) -> int:
     return math.ceil((cameras - initial) / chunk)
 
 
-def stream_steps(composition: Composition, initial: int, cameras: int, chunk: int) -> int:
-    """LoRA steps (lora_callback calls) a rollout streams: after every chunk but the last."""
+def window_frames(model: WorldModel, composition: Composition) -> int:
+    """Recent frames a rollout keeps: the most any expert or the streaming LoRA reads."""
+    return max(model.context_frames, model.mosaic_frames, model.context_frames + STREAM_TARGETS,
+               *(getattr(e, "frames", 0) for e in composition.experts))
+
+
+def stream_schedule(model: WorldModel, composition: Composition, initial: int, cameras: int, chunk: int) -> list[bool]:
+    """Per chunk, whether the LoRA streams before it: after a chunk, once the window holds a training window."""
     expert = next((e for e in composition.experts if isinstance(e, LongTermExpert)), None)
-    return 0 if expert is None else expert.stream_steps * max(0, chunk_count(initial, cameras, chunk) - 1)
+    count = chunk_count(initial, cameras, chunk)
+    if expert is None or expert.stream_steps == 0:
+        return [False] * count
+    window, need = window_frames(model, composition), model.context_frames + STREAM_TARGETS
+    return [i > 0 and min(window, initial + min(i * chunk, cameras - initial)) >= need for i in range(count)]
+
+
+def stream_steps(model: WorldModel, composition: Composition, initial: int, cameras: int, chunk: int) -> int:
+    """LoRA steps (lora_callback calls) a rollout streams."""
+    expert = next((e for e in composition.experts if isinstance(e, LongTermExpert)), None)
+    streams = sum(stream_schedule(model, composition, initial, cameras, chunk))
+    return 0 if expert is None else expert.stream_steps * streams
