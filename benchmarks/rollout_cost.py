@@ -18,6 +18,11 @@ Measured, with ``steps`` and ``chunk`` at the rollout's defaults:
 - ``lora_stream_over_base``: the full composition with streaming over the base model alone, per chunk
   (``ltm_stream_over_base``: the long-term expert alone, streaming, over the base model)
 
+Compared runs are timed interleaved, a chunk of each in turn, so load from other jobs on the machine
+hits them alike: the walk's last chunks run beside a second walk's first chunks (frame 1000 beside
+frame 100) and beside the runs without streaming, long-term alone and base alone; the evaluation
+unit is the median base-context evaluation inside the PoCE step probe.
+
 Writes OUT and a PNG next to it: seconds per frame along the walk, and the patches the memory holds.
 Targets (issue 9): frame1000_over_frame100 <= 1.2, poce3_step_in_evals <= 4.2 (naive 6),
 lora_stream_overhead <= 1.5.
@@ -64,10 +69,8 @@ FRAMES = 1000
 LOOP = "forward 2; turn_left 90; " * 4
 WINDOW = 48  # frames of chunks whose median stands for the cost "at" a frame (12 chunks of 4)
 MIN_FRAMES = 8  # two chunks; below 2 * WINDOW the early and late windows overlap (smoke tests only)
-OVERHEAD_FRAMES = 100  # frames of the shorter comparison rollouts (without streaming, base only)
 FULL_CONTEXT_AT = (100, 300, 1000)
 PROBE_STEPS, PROBE_CHUNKS = 4, 6  # the PoCE step probe: several steps per chunk, so steps can be timed apart
-EVAL_REPEATS = 20
 # one streamed LoRA step per chunk: the Long-Term Expert node's default is 0 (no streaming), the
 # paper streams 25-30 steps; the JSON gives one step's cost so other counts can be read off it
 DEFAULT_STREAM_STEPS = 1
@@ -100,18 +103,28 @@ class Timing:
 
     def median_chunk(self, skip: int = 1) -> float:
         """Median seconds of a chunk after the first ``skip`` (the first streams nothing and warms caches)."""
-        return statistics.median(self.seconds[skip:])
+        return statistics.median(self.seconds[skip:] or self.seconds)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One backbone evaluation a rollout made: its seconds and the context frames it read."""
+
+    seconds: float
+    context_frames: int
 
 
 @contextmanager
-def counted_evaluations() -> Iterator[list[int]]:
-    """Count the backbone evaluations the rollout makes: its ``predict_clean`` wrapped while the block runs."""
-    calls: list[int] = []
+def counted_evaluations() -> Iterator[list[Evaluation]]:
+    """Record the backbone evaluations rollouts make: their ``predict_clean`` wrapped (and timed) while the block runs."""
+    calls: list[Evaluation] = []
     original = rollouts.predict_clean
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
+    def counting(model, conditioning, *args, **kwargs):
+        tick = time.perf_counter()
+        out = original(model, conditioning, *args, **kwargs)
+        calls.append(Evaluation(time.perf_counter() - tick, conditioning.context_frames))
+        return out
 
     rollouts.predict_clean = counting
     try:
@@ -120,33 +133,48 @@ def counted_evaluations() -> Iterator[list[int]]:
         rollouts.predict_clean = original
 
 
-def timed_rollout(model: WorldModel, composition: Composition, rgb: torch.Tensor, depth: torch.Tensor,
-                  path: CameraPath, steps: int, chunk: int) -> Timing:
-    """Run ``composition`` along ``path`` from the initial frames, timing every chunk and every denoising step after a chunk's first."""
-    timing, ticks = Timing(), []
+class TimedRun:
+    """A rollout advanced one chunk at a time, so several can run interleaved under the same machine load."""
 
-    def on_step(i: int) -> None:
+    def __init__(self, model: WorldModel, composition: Composition, initial: tuple[torch.Tensor, torch.Tensor],
+                 path: CameraPath, steps: int, chunk: int, calls: list[Evaluation]):
+        self.timing, self.calls, self.ticks = Timing(), calls, []
+        self.rollout = rollouts.rollout(model, composition, *initial, path, chunk=chunk, steps=steps,
+                                        callback=self.on_step)
+        self.chunks = iter(self.rollout)
+        next(self.chunks)  # the initial frames
+        self.left = len(path) - len(initial[0])
+
+    @property
+    def done(self) -> int:
+        """Frames generated so far."""
+        return self.timing.frames[-1] if self.timing.frames else 0
+
+    def on_step(self, i: int) -> None:
+        """Denoising-step callback: time every step after a chunk's first (the first also holds the chunk's planning)."""
         now = time.perf_counter()
         if i > 0:
-            timing.step_seconds.append(now - ticks[-1])
-        ticks.append(now)
+            self.timing.step_seconds.append(now - self.ticks[-1])
+        self.ticks.append(now)
 
-    with counted_evaluations() as calls:
-        run = rollouts.rollout(model, composition, rgb, depth, path, chunk=chunk, steps=steps, callback=on_step)
-        chunks = iter(run)
-        next(chunks)  # the initial frames
-        done = 0
-        while True:
-            tick, before = time.perf_counter(), len(calls)
-            out = next(chunks, None)
-            if out is None:
-                break
-            done += len(out.rgb)
-            timing.frames.append(done)
-            timing.seconds.append(time.perf_counter() - tick)
-            timing.evaluations.append(len(calls) - before)
-            timing.patches.append(len(run.state.memory) if run.state.memory is not None else 0)
-    return timing
+    def advance(self) -> bool:
+        """Generate and time the next chunk; False once the path is done."""
+        if self.done >= self.left:
+            return False
+        tick, before = time.perf_counter(), len(self.calls)
+        out = next(self.chunks)
+        self.timing.seconds.append(time.perf_counter() - tick)
+        self.timing.frames.append(self.done + len(out.rgb))
+        self.timing.evaluations.append(len(self.calls) - before)
+        memory = self.rollout.state.memory
+        self.timing.patches.append(0 if memory is None else len(memory))
+        return True
+
+
+def interleave(runs: list[TimedRun]) -> None:
+    """Advance the runs a chunk each in turn until all are done: load from other jobs hits them alike."""
+    while any([run.advance() for run in runs]):
+        pass
 
 
 def long_path(episode: Episode, known: int, frames: int) -> CameraPath:
@@ -157,18 +185,6 @@ def long_path(episode: Episode, known: int, frames: int) -> CameraPath:
                        height=episode.height, width=episode.width)
     return CameraPath(torch.cat([episode.c2w[start - known:start], walk.c2w[1:frames + 1]]), episode.K,
                       episode.height, episode.width)
-
-
-def evaluation_seconds(model: WorldModel, conditioning: Conditioning, targets: int) -> float:
-    """Median seconds of one backbone evaluation under ``conditioning`` (after a warm-up call)."""
-    x = torch.randn(targets, 4, *conditioning.mosaic.shape[-2:])
-    predict_clean(model, conditioning, x, float(model.top_timestep))
-    times = []
-    for _ in range(EVAL_REPEATS):
-        tick = time.perf_counter()
-        predict_clean(model, conditioning, x, float(model.top_timestep))
-        times.append(time.perf_counter() - tick)
-    return statistics.median(times)
 
 
 def context_conditioning(episode: Episode, path: CameraPath, history: int, chunk: int) -> Conditioning:
@@ -222,22 +238,33 @@ def run(model_folder: Path, frames: int, stream_steps: int, lora_steps: int, see
     path = long_path(episode, known, frames)
     initial = (rgb[-known:], depth[-known:])
     compositions = experts(memory, lora, stream_steps)
-    short = path.slice(0, known + min(frames, OVERHEAD_FRAMES))
-    probe = path.slice(0, known + min(frames, PROBE_CHUNKS * chunk))
-    t = {"poce3": timed_rollout(model, compositions["poce3"], *initial, probe, PROBE_STEPS, chunk)}
-    for name in ("base", "full", "ltm_stream"):
-        t[name] = timed_rollout(model, compositions[name], *initial, short, steps, chunk)
-    t["full_stream"] = timed_rollout(model, compositions["full_stream"], *initial, path, steps, chunk)
-    # the unit: the base model's evaluation of a chunk (its declared context; content does not change the cost)
-    evaluation = evaluation_seconds(model, context_conditioning(episode, path, model.context_frames, chunk), chunk)
+    early = max(1, frames // 10)
+    head = min(frames, early + WINDOW // 2)  # frames the comparison runs generate, through the early window
+    with counted_evaluations() as calls:
+        def start(name: str, cameras: int, denoising_steps: int = steps) -> TimedRun:
+            return TimedRun(model, compositions[name], initial, path.slice(0, known + cameras), denoising_steps,
+                            chunk, calls)
+
+        probe = start("poce3", min(frames, PROBE_CHUNKS * chunk), PROBE_STEPS)
+        interleave([probe])
+        probe_calls = list(calls)
+        walk = start("full_stream", frames)
+        while walk.done < frames - head:
+            walk.advance()
+        # the walk's last chunks run interleaved with the first chunks of a second walk and of the references:
+        # frame 1000 is timed beside frame 100, streaming beside not streaming, under the same load
+        others = {name: start(name, head) for name in ("full_stream", "full", "ltm_stream", "base")}
+        interleave([walk, *others.values()])
+    t = {"poce3": probe.timing, "walk": walk.timing, **{name: run.timing for name, run in others.items()}}
+    unit = statistics.median(e.seconds for e in probe_calls if e.context_frames == model.context_frames)
     full_context = full_context_costs(model, episode, path, frames, steps, chunk)
-    result = summarise(t, evaluation, full_context, frames, stream_steps)
+    result = summarise(t, unit, probe_calls, full_context, early, frames, stream_steps)
     result.update({
         "settings": {"frames": frames, "steps": steps, "chunk": chunk, "stream_steps": stream_steps,
                      "stream_lr": field_default(LongTermExpert, "stream_lr"),
                      "lora_steps": lora_steps, "alpha": DEFAULT_ALPHA, "stm_frames": DEFAULT_STM_FRAMES,
                      "initial_frames": known, "loop": LOOP.strip(), "window_frames": WINDOW,
-                     "overhead_frames": min(frames, OVERHEAD_FRAMES), "probe_steps": PROBE_STEPS,
+                     "comparison_frames": head, "probe_steps": PROBE_STEPS,
                      "compositions": {"full": "stm + spatial + ltm, poce", "poce3": "base + stm + spatial, poce",
                                       "ltm_stream": "ltm alone (single) with streaming", "base": "base alone"}},
         "lora_training_seconds": lora_seconds,
@@ -250,28 +277,24 @@ def run(model_folder: Path, frames: int, stream_steps: int, lora_steps: int, see
     return result, t
 
 
-def summarise(t: dict[str, Timing], evaluation: float, full_context: dict[int, float], frames: int,
-              stream_steps: int) -> dict:
-    """The ratios and the numbers behind them."""
-    early = max(1, frames // 10)
+def summarise(t: dict[str, Timing], unit: float, probe_calls: list[Evaluation], full_context: dict[int, float],
+              early: int, frames: int, stream_steps: int) -> dict:
+    """The ratios and the numbers behind them (``unit``: seconds of one base evaluation, timed inside the probe)."""
     early_window = (max(1, early - WINDOW // 2), early + WINDOW // 2)
     late_window = (max(1, frames - WINDOW + 1), frames)
-    stream, full = t["full_stream"], t["full"]
-    at_early, at_late = stream.median_around(*early_window), stream.median_around(*late_window)
+    at_early, at_late = t["full_stream"].median_around(*early_window), t["walk"].median_around(*late_window)
     histories = sorted(full_context)
-    n = len(full.seconds)
-    # the same chunks (frames 1..OVERHEAD_FRAMES) of the runs with and without streaming
-    stream_chunk = statistics.median(stream.seconds[1:n])
+    chunk = {name: x.median_chunk() for name, x in t.items() if name != "walk"}
     probe = t["poce3"]
     step = statistics.median(probe.step_seconds)
-    probe_steps = PROBE_STEPS
-    chunk_overhead = statistics.median(s - probe_steps * step for s in probe.seconds)
+    steps_run = len(probe.evaluations) * PROBE_STEPS
+    stream_step = (chunk["full_stream"] - chunk["full"]) / stream_steps
     return {
         "frame1000_over_frame100": at_late / at_early,
-        "poce3_step_in_evals": step / evaluation,
-        "lora_stream_overhead": stream_chunk / full.median_chunk(),
-        "lora_stream_over_base": stream_chunk / t["base"].median_chunk(),
-        "ltm_stream_over_base": t["ltm_stream"].median_chunk() / t["base"].median_chunk(),
+        "poce3_step_in_evals": step / unit,
+        "lora_stream_overhead": chunk["full_stream"] / chunk["full"],
+        "lora_stream_over_base": chunk["full_stream"] / chunk["base"],
+        "ltm_stream_over_base": chunk["ltm_stream"] / chunk["base"],
         "targets": TARGETS,
         "early_frame": early, "late_frame": frames,
         "early_window_frames": list(early_window), "late_window_frames": list(late_window),
@@ -284,27 +307,28 @@ def summarise(t: dict[str, Timing], evaluation: float, full_context: dict[int, f
             "seconds_per_frame_at_history": {str(h): full_context[h] for h in histories},
             "last_over_first": full_context[histories[-1]] / full_context[histories[0]],
         },
-        "poce3_evaluations_per_step": sum(probe.evaluations) / (len(probe.evaluations) * probe_steps),
+        "poce3_evaluations_per_step": len(probe_calls) / steps_run,
+        # the evaluations alone (the short-term expert's reads 4 context frames, not 2, so it costs more than one)
+        "poce3_step_evaluations_in_evals": sum(e.seconds for e in probe_calls) / steps_run / unit,
         "poce3_step_seconds": step,
-        "poce3_chunk_overhead_in_evals": chunk_overhead / evaluation,
-        "evaluation_seconds": evaluation,
+        "poce3_chunk_overhead_in_evals": statistics.median(s - PROBE_STEPS * step for s in probe.seconds) / unit,
+        "evaluation_seconds": unit,
         "evaluations_per_chunk": {name: statistics.median(x.evaluations) for name, x in t.items()},
-        "chunk_seconds_median": {name: (stream_chunk if name == "full_stream" else x.median_chunk())
-                                 for name, x in t.items()},
-        "stream_step_seconds": (stream_chunk - full.median_chunk()) / stream_steps if stream_steps else 0.0,
-        "stream_step_in_evals": ((stream_chunk - full.median_chunk()) / stream_steps / evaluation
-                                 if stream_steps else 0.0),
-        "full_stream_per_chunk": {"frames": stream.frames, "seconds": stream.seconds, "patches": stream.patches},
+        "chunk_seconds_median": chunk,
+        "stream_step_seconds": stream_step,
+        "stream_step_in_evals": stream_step / unit,
+        "walk_per_chunk": {"frames": t["walk"].frames, "seconds": t["walk"].seconds, "patches": t["walk"].patches},
     }
 
 
 def plot(result: dict, t: dict[str, Timing], path: Path) -> None:
     """PNG: seconds per frame along the walk (full composition with streaming, references, full-context baseline), and patches."""
     cost_ax, patch_ax = plots.figure(10, 6.4).subplots(2, 1, height_ratios=[1.6, 1], sharex=True)
-    stream = t["full_stream"]
+    stream = t["walk"]
     cost_ax.plot(stream.frames, stream.per_frame(), ".", markersize=3, color="#d23c32",
                  label="full composition, streaming LoRA (stm + spatial + ltm, poce)")
-    for name, colour, label in (("full", "#e67e22", "same without streaming"), ("base", "#969696", "base model alone")):
+    for name, colour, label in (("full_stream", "#7b241c", "the same, timed beside the walk's last frames"),
+                                ("full", "#e67e22", "same without streaming"), ("base", "#969696", "base model alone")):
         cost_ax.plot(t[name].frames, t[name].per_frame(), "-", color=colour, linewidth=1, label=label)
     growth = result["full_context_baseline"]["seconds_per_frame_at_history"]
     cost_ax.plot([int(h) for h in growth], list(growth.values()), "s--", color="#1f3a93",

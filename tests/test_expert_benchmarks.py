@@ -74,7 +74,7 @@ def test_revisit_refuses_unknown_methods_and_empty_folders(tmp_path, monkeypatch
 
 def test_rollout_cost_on_a_short_walk(untrained_model, tmp_path, monkeypatch):  # noqa: F811
     out = tmp_path / "cost.json"
-    frames = 40
+    frames = 24
     run_script(monkeypatch, "rollout_cost.py", "--json", str(out), "--model", str(untrained_model), "--frames",
                str(frames), "--lora-steps", "1")
     result = json.loads(out.read_text())
@@ -83,9 +83,10 @@ def test_rollout_cost_on_a_short_walk(untrained_model, tmp_path, monkeypatch):  
         assert finite(result[key]) and result[key] > 0, key
     # base, short-term, spatial and one shared null: 4 evaluations a step, not 6
     assert result["poce3_evaluations_per_step"] == 4
-    assert result["evaluations_per_chunk"] == {"poce3": 4 * rollout_cost.PROBE_STEPS, "base": 1, "full": 4,
-                                               "ltm_stream": 2, "full_stream": 4}
-    assert result["late_frame"] == frames and len(result["full_stream_per_chunk"]["seconds"]) == frames // 4
+    assert result["evaluations_per_chunk"] == {"poce3": 4 * rollout_cost.PROBE_STEPS, "walk": 4, "full_stream": 4,
+                                               "full": 4, "ltm_stream": 2, "base": 1}
+    assert result["late_frame"] == frames and len(result["walk_per_chunk"]["seconds"]) == frames // 4
+    assert result["walk_per_chunk"]["patches"][-1] > result["walk_per_chunk"]["patches"][0] > 0
     assert list(result["full_context_baseline"]["seconds_per_frame_at_history"]) == [str(frames)]
     assert out.with_suffix(".png").stat().st_size > 1000
 
