@@ -16,7 +16,7 @@ from ..memory.world.rollout import DEFAULT_STEPS, rollout, rollout_steps, stream
 from ..memory.world.world_model import WorldModel
 from .types import (
     CATEGORY, CameraPathType, CompositionType, DepthType, EpisodicLoRAType, ExpertType, PatchMemoryType, Progress,
-    WorldModelType, check_options, check_widgets, until_interrupted,
+    WorldModelType, check_options, check_widgets, require_world_model, until_interrupted,
 )
 
 SUBCATEGORY = f"{CATEGORY}/experts"
@@ -194,8 +194,7 @@ class NavigateWithMemory(io.ComfyNode):
     def execute(cls, world_model: WorldModel, composition: Composition, initial_frames: torch.Tensor,
                 camera_path: CameraPath, chunk_size: int, steps: int, seed: int,
                 initial_depth: DepthMaps | None = None) -> io.NodeOutput:
-        if not isinstance(world_model, WorldModel):
-            raise ValueError(f"world_model: expected the output of Load World Model, got {type(world_model).__name__}.")
+        require_world_model(world_model)
         if not isinstance(camera_path, CameraPath):
             raise ValueError(f"camera_path: expected a camera path, got {type(camera_path).__name__}.")
         depth = None if initial_depth is None else initial_depth.metres

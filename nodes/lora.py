@@ -21,8 +21,8 @@ from ..memory.world.lora import (
 from ..memory.world.world_model import WorldModel
 from .experts import SUBCATEGORY
 from .types import (
-    CameraPathType, DepthType, EpisodicLoRAType, WorldModelType, check_options, check_widgets, output_file,
-    until_interrupted,
+    CameraPathType, DepthType, EpisodicLoRAType, WorldModelType, check_options, check_widgets, frame_range, output_file,
+    require_world_model, until_interrupted,
 )
 
 LORA_FOLDER = "episodic_loras"
@@ -113,8 +113,7 @@ class TrainEpisodicLoRA(io.ComfyNode):
                 rank: int, steps: int, lr: float, seed: int, first_frame: int = 0, last_frame: int = -1,
                 continue_from: EpisodicLoRA | None = None) -> io.NodeOutput:
         check_widgets(cls, rank=rank, steps=steps, lr=lr, seed=seed, first_frame=first_frame, last_frame=last_frame)
-        if not isinstance(world_model, WorldModel):
-            raise ValueError(f"world_model: expected the output of Load World Model, got {type(world_model).__name__}.")
+        require_world_model(world_model)
         frames = check_frames(frames, "frames")
         depth = check_metric_depth(metric_depth, "metric_depth")
         require_path(camera_path, "camera_path")
@@ -134,17 +133,6 @@ class TrainEpisodicLoRA(io.ComfyNode):
         until_interrupted(run, int(steps), "LoRA training")
         # a cancel keeps the steps finished: run.lora and run.losses both stand after the last of them
         return io.NodeOutput(run.lora, loss_curve(run.losses))
-
-
-def frame_range(total: int, first_frame: int, last_frame: int) -> slice:
-    """Frames ``first_frame .. last_frame`` (-1 = the last) of ``total``, else a ValueError naming the widget."""
-    if first_frame >= total:
-        raise ValueError(f"first_frame: {first_frame} is past the last of the {total} frames; pick 0..{total - 1}.")
-    stop = total if last_frame < 0 else last_frame + 1
-    if not first_frame < stop <= total:
-        raise ValueError(f"last_frame: {last_frame} must be -1 (the end) or between first_frame ({first_frame}) "
-                         f"and {total - 1}, the last of the {total} frames.")
-    return slice(first_frame, stop)
 
 
 class SaveEpisodicLoRA(io.ComfyNode):

@@ -13,7 +13,7 @@ from ..memory.patch_memory import (
     PatchMemory, check_memory, check_patch_budget, insert_frames, iter_render, stack_renderings,
 )
 from ..memory.patch_memory.retrieval import check_render_path
-from .types import CATEGORY, CameraPathType, DepthType, PatchMemoryType, check_widgets, until_interrupted
+from .types import CATEGORY, CameraPathType, DepthType, PatchMemoryType, check_widgets, frame_range, until_interrupted
 
 SUBCATEGORY = f"{CATEGORY}/memory"
 
@@ -79,13 +79,8 @@ class BuildPatchMemory(io.ComfyNode):
         if (camera_path.height, camera_path.width) != tuple(frames.shape[1:3]):
             raise ValueError(f"camera_path: its cameras are {camera_path.height}x{camera_path.width} pixels but the "
                              f"frames are {frames.shape[1]}x{frames.shape[2]}; use the path recorded with the frames.")
-        if first_frame >= total:
-            raise ValueError(f"first_frame: {first_frame} is past the last of the {total} frames; pick 0..{total - 1}.")
-        stop = total if last_frame < 0 else last_frame + 1
-        if not first_frame < stop <= total:
-            raise ValueError(f"last_frame: {last_frame} must be -1 (the end) or between first_frame ({first_frame}) "
-                             f"and {total - 1}, the last of the {total} frames.")
-        idx = torch.arange(first_frame, stop, frame_stride)
+        frames_used = frame_range(total, first_frame, last_frame)
+        idx = torch.arange(frames_used.start, frames_used.stop, frame_stride)
         if base_memory is None:
             base = PatchMemory.empty(patch_size=int(patch_size))
         else:

@@ -13,6 +13,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..memory.files import check_prefix
+from ..memory.world.world_model import WorldModel
 
 CameraPathType = io.Custom("COME_CAMERA_PATH")
 PatchMemoryType = io.Custom("COME_PATCH_MEMORY")
@@ -95,6 +96,24 @@ def check_widgets(node: type[io.ComfyNode], **values: object) -> None:
         low, high = spec.min, spec.max
         if low is not None and value < low or high is not None and value > high:
             raise ValueError(f"{name}: {value!r} is outside the allowed range {low}..{high}; choose a value in that range.")
+
+
+def frame_range(total: int, first_frame: int, last_frame: int) -> slice:
+    """Frames ``first_frame .. last_frame`` (-1 = the last) of ``total``, else a ValueError naming the widget."""
+    if first_frame >= total:
+        raise ValueError(f"first_frame: {first_frame} is past the last of the {total} frames; pick 0..{total - 1}.")
+    stop = total if last_frame < 0 else last_frame + 1
+    if not first_frame < stop <= total:
+        raise ValueError(f"last_frame: {last_frame} must be -1 (the end) or between first_frame ({first_frame}) "
+                         f"and {total - 1}, the last of the {total} frames.")
+    return slice(first_frame, stop)
+
+
+def require_world_model(value: object) -> WorldModel:
+    """``value`` if it is a loaded world model, else a ValueError naming the ``world_model`` input."""
+    if not isinstance(value, WorldModel):
+        raise ValueError(f"world_model: expected the output of Load World Model, got {type(value).__name__}.")
+    return value
 
 
 def output_file(filename_prefix: str, extension: str, root: str | None = None) -> tuple[Path, str]:

@@ -14,7 +14,9 @@ from ..memory.geometry.depth import DepthMaps, depth_to_image
 from ..memory.files import confined_path
 from ..memory.world.rollout import DEFAULT_STEPS, navigate, rollout_steps
 from ..memory.world.world_model import DEFAULT_MODEL, WorldModel, load_world_model
-from .types import CATEGORY, CameraPathType, DepthType, Progress, WorldModelType, check_options, until_interrupted
+from .types import (
+    CATEGORY, CameraPathType, DepthType, Progress, WorldModelType, check_options, require_world_model, until_interrupted,
+)
 
 SUBCATEGORY = f"{CATEGORY}/world model"
 MODEL_FOLDER = "world_models"
@@ -125,8 +127,7 @@ class Navigate(io.ComfyNode):
     @classmethod
     def execute(cls, world_model: WorldModel, initial_frames: torch.Tensor, camera_path: CameraPath, chunk_size: int,
                 steps: int, seed: int, initial_depth: DepthMaps | None = None) -> io.NodeOutput:
-        if not isinstance(world_model, WorldModel):
-            raise ValueError(f"world_model: expected the output of Load World Model, got {type(world_model).__name__}.")
+        require_world_model(world_model)
         if not isinstance(camera_path, CameraPath):
             raise ValueError(f"camera_path: expected a camera path, got {type(camera_path).__name__}.")
         depth = None if initial_depth is None else initial_depth.metres
