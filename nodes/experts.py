@@ -8,7 +8,7 @@ from ..memory.geometry.camera import CameraPath
 from ..memory.geometry.depth import DepthMaps, depth_to_image
 from ..memory.patch_memory import PatchMemory, check_memory
 from ..memory.world.experts import (
-    DEFAULT_STM_FRAMES, MAX_STM_FRAMES, BaseExpert, Composition, Expert, LongTermExpert, ShortTermExpert,
+    DEFAULT_STM_FRAMES, MAX_RETRIEVED, MAX_STM_FRAMES, BaseExpert, Composition, Expert, LongTermExpert, ShortTermExpert,
     SpatialExpert,
 )
 from ..memory.world.poce import DEFAULT_ALPHA, MODES
@@ -68,7 +68,7 @@ class ShortTermExpertNode(io.ComfyNode):
     @classmethod
     def execute(cls, frames: int, alpha: float) -> io.NodeOutput:
         check_widgets(cls, frames=frames, alpha=alpha)
-        return io.NodeOutput(ShortTermExpert(int(frames), alpha))
+        return io.NodeOutput(ShortTermExpert(frames, alpha))
 
 
 class SpatialExpertNode(io.ComfyNode):
@@ -87,7 +87,7 @@ class SpatialExpertNode(io.ComfyNode):
                     io.Float.Input("guidance", default=0.0, min=0.0, max=1.0, step=0.05,
                                    tooltip="0: the backbone reads the memory as its mosaic. >0: training-free, "
                                    "pull the base prediction this far toward the rendered memory."),
-                    io.Int.Input("max_patches", default=4096, min=16, max=1000000,
+                    io.Int.Input("max_patches", default=4096, min=16, max=MAX_RETRIEVED,
                                  tooltip="Most patches retrieved per frame (bounds the cost per frame).")],
             outputs=[expert_output()])
 
@@ -95,7 +95,7 @@ class SpatialExpertNode(io.ComfyNode):
     def execute(cls, memory: PatchMemory, alpha: float, guidance: float, max_patches: int) -> io.NodeOutput:
         check_widgets(cls, alpha=alpha, guidance=guidance, max_patches=max_patches)
         return io.NodeOutput(SpatialExpert(check_memory(memory, "memory", allow_empty=False), alpha, guidance,
-                                           int(max_patches)))
+                                           max_patches))
 
 
 class LongTermExpertNode(io.ComfyNode):
@@ -118,7 +118,7 @@ class LongTermExpertNode(io.ComfyNode):
     @classmethod
     def execute(cls, lora, alpha: float, stream_steps: int, stream_lr: float) -> io.NodeOutput:
         check_widgets(cls, alpha=alpha, stream_steps=stream_steps, stream_lr=stream_lr)
-        return io.NodeOutput(LongTermExpert(lora, alpha, int(stream_steps), stream_lr))
+        return io.NodeOutput(LongTermExpert(lora, alpha, stream_steps, stream_lr))
 
 
 class PoCECombine(io.ComfyNode):

@@ -120,3 +120,13 @@ def test_bad_compositions_name_the_input(model, episode):
         generate(model, episode, Composition((SpatialExpert(other),), "single"))
     with pytest.raises(ValueError, match="^composition: "):
         rollout(model, [BaseExpert()], episode.rgb[:1].float() / 255, None, episode.cameras.slice(0, 4))
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda: ShortTermExpert(10 ** 6), "frames"), (lambda: ShortTermExpert(2.5), "frames"),
+    (lambda m: SpatialExpert(m, max_patches=0), "max_patches"), (lambda m: SpatialExpert(m, guidance=float("nan")), "guidance"),
+])
+def test_expert_settings_out_of_range_name_the_setting(memory, make, name):
+    with pytest.raises(ValueError, match=f"^{name}: "):
+        make(memory) if make.__code__.co_argcount else make()
+    assert ShortTermExpert(4.0).frames == 4 and isinstance(ShortTermExpert(4.0).frames, int)

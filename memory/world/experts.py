@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..geometry.camera import CameraPath
+from ..limits import MAX_LORA_STEPS, check_count
 from ..patch_memory import PatchMemory, insert_frames, render
 from .conditioning import Conditioning, build_conditioning
 from .lora import EpisodicLoRA
@@ -31,6 +32,8 @@ from .rgbd import encode_rgbd
 BASE, LORA = "base", "lora"
 DEFAULT_STM_FRAMES = 4
 MAX_STM_FRAMES = 32
+# most patches one rendered frame may retrieve (the Spatial Expert node's widget range)
+MAX_RETRIEVED = 1_000_000
 # generated frames are lifted into the patch memory at this voxel size (the Build node's default)
 LIFT_VOXEL_M = 0.05
 # what the spatial expert marks as generated in the patch memory it returns (edit group of lifted patches)
@@ -56,9 +59,8 @@ class ShortTermExpert:
 
     def __post_init__(self) -> None:
         check_alpha(self.alpha)
-        if isinstance(self.frames, bool) or not isinstance(self.frames, int) or not 1 <= self.frames <= MAX_STM_FRAMES:
-            raise ValueError(f"frames: the short-term window must be a whole number in 1..{MAX_STM_FRAMES}, "
-                             f"got {self.frames!r}.")
+        # frozen: a whole float (4.0) is stored as the int it stands for
+        object.__setattr__(self, "frames", check_count(self.frames, "frames", 1, MAX_STM_FRAMES, "frames"))
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class SpatialExpert:
         if not isinstance(self.memory, PatchMemory) or len(self.memory) == 0:
             raise ValueError("memory: the spatial expert needs a patch memory with patches; build one from frames "
                              "(Build Patch Memory) or load one.")
+        object.__setattr__(self, "max_patches", check_count(self.max_patches, "max_patches", 16, MAX_RETRIEVED, "patches"))
         if not 0.0 <= float(self.guidance) <= 1.0:
             raise ValueError(f"guidance: must be in 0..1 (0 = a mosaic-trained backbone reads the memory), "
                              f"got {self.guidance!r}.")
@@ -93,8 +96,10 @@ class LongTermExpert:
         check_alpha(self.alpha)
         if not isinstance(self.lora, EpisodicLoRA):
             raise ValueError("lora: the long-term expert needs an episodic LoRA (Train or Load Episodic LoRA).")
-        if isinstance(self.stream_steps, bool) or not isinstance(self.stream_steps, int) or self.stream_steps < 0:
-            raise ValueError(f"stream_steps: must be a whole number >= 0, got {self.stream_steps!r}.")
+        object.__setattr__(self, "stream_steps",
+                           check_count(self.stream_steps, "stream_steps", 0, MAX_LORA_STEPS, "LoRA steps per chunk"))
+        if isinstance(self.stream_lr, bool) or not isinstance(self.stream_lr, (int, float)) or not 0 < self.stream_lr < 1:
+            raise ValueError(f"stream_lr: the learning rate must be a number in (0, 1), got {self.stream_lr!r}.")
 
 
 Expert = BaseExpert | ShortTermExpert | SpatialExpert | LongTermExpert
