@@ -21,7 +21,8 @@ Measured, with ``steps`` and ``chunk`` at the rollout's defaults:
 Compared runs are timed interleaved, a chunk of each in turn, so load from other jobs on the machine
 hits them alike: the walk's last chunks run beside a second walk's first chunks (frame 1000 beside
 frame 100) and beside the runs without streaming, long-term alone and base alone; the evaluation
-unit is the median base-context evaluation inside the PoCE step probe.
+unit is the median of lone base-context evaluations timed between the probe's steps. A step evaluates
+each distinct conditioning once, in one batched forward per context length.
 
 Writes OUT and a PNG next to it: seconds per frame along the walk, and the patches the memory holds.
 Targets (issue 9): frame1000_over_frame100 <= 1.2, poce3_step_in_evals <= 4.2 (naive 6),
@@ -88,6 +89,7 @@ class Timing:
     evaluations: list[int] = field(default_factory=list)
     patches: list[int] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
+    unit_seconds: list[float] = field(default_factory=list)
 
     def per_frame(self) -> list[float]:
         """Seconds per generated frame of each chunk."""
@@ -108,37 +110,43 @@ class Timing:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One backbone evaluation a rollout made: its seconds and the context frames it read."""
+    """One batched call to the backbone a rollout made: its seconds and the context frames of each conditioning."""
 
     seconds: float
-    context_frames: int
+    context_frames: tuple[int, ...]
+
+    @property
+    def forwards(self) -> int:
+        """Network forwards of the call: one per context length (predict_clean_batch batches the rest)."""
+        return len(set(self.context_frames))
 
 
 @contextmanager
 def counted_evaluations() -> Iterator[list[Evaluation]]:
-    """Record the backbone evaluations rollouts make: their ``predict_clean`` wrapped (and timed) while the block runs."""
+    """Record the backbone calls rollouts make: their ``predict_clean_batch`` wrapped (and timed) while the block runs."""
     calls: list[Evaluation] = []
-    original = rollouts.predict_clean
+    original = rollouts.predict_clean_batch
 
-    def counting(model, conditioning, *args, **kwargs):
+    def counting(model, conditionings, *args, **kwargs):
         tick = time.perf_counter()
-        out = original(model, conditioning, *args, **kwargs)
-        calls.append(Evaluation(time.perf_counter() - tick, conditioning.context_frames))
+        out = original(model, conditionings, *args, **kwargs)
+        calls.append(Evaluation(time.perf_counter() - tick, tuple(c.context_frames for c in conditionings)))
         return out
 
-    rollouts.predict_clean = counting
+    rollouts.predict_clean_batch = counting
     try:
         yield calls
     finally:
-        rollouts.predict_clean = original
+        rollouts.predict_clean_batch = original
 
 
 class TimedRun:
     """A rollout advanced one chunk at a time, so several can run interleaved under the same machine load."""
 
     def __init__(self, model: WorldModel, composition: Composition, initial: tuple[torch.Tensor, torch.Tensor],
-                 path: CameraPath, steps: int, chunk: int, calls: list[Evaluation]):
-        self.timing, self.calls, self.ticks = Timing(), calls, []
+                 path: CameraPath, steps: int, chunk: int, calls: list[Evaluation], unit: bool = False):
+        self.timing, self.calls, self.ticks, self.unit = Timing(), calls, [], unit
+        self.model, self.chunk = model, chunk
         self.rollout = rollouts.rollout(model, composition, *initial, path, chunk=chunk, steps=steps,
                                         callback=self.on_step)
         self.chunks = iter(self.rollout)
@@ -155,17 +163,31 @@ class TimedRun:
         now = time.perf_counter()
         if i > 0:
             self.timing.step_seconds.append(now - self.ticks[-1])
+        if self.unit:
+            now = self.time_unit()
         self.ticks.append(now)
+
+    def time_unit(self) -> float:
+        """Time one lone evaluation of the chunk's base conditioning between two steps (the unit, under the same load)."""
+        state = self.rollout.state
+        targets = state.path.c2w[state.done:state.done + self.chunk]
+        x = torch.randn(len(targets), 4, state.path.height, state.path.width)
+        tick = time.perf_counter()
+        predict_clean(self.model, state.base(targets), x, float(self.model.top_timestep))
+        now = time.perf_counter()
+        self.timing.unit_seconds.append(now - tick)
+        return now
 
     def advance(self) -> bool:
         """Generate and time the next chunk; False once the path is done."""
         if self.done >= self.left:
             return False
-        tick, before = time.perf_counter(), len(self.calls)
+        tick, before, units = time.perf_counter(), len(self.calls), len(self.timing.unit_seconds)
         out = next(self.chunks)
-        self.timing.seconds.append(time.perf_counter() - tick)
+        # the lone unit evaluations are not the rollout's work
+        self.timing.seconds.append(time.perf_counter() - tick - sum(self.timing.unit_seconds[units:]))
         self.timing.frames.append(self.done + len(out.rgb))
-        self.timing.evaluations.append(len(self.calls) - before)
+        self.timing.evaluations.append(sum(len(e.context_frames) for e in self.calls[before:]))
         memory = self.rollout.state.memory
         self.timing.patches.append(0 if memory is None else len(memory))
         return True
@@ -241,11 +263,11 @@ def run(model_folder: Path, frames: int, stream_steps: int, lora_steps: int, see
     early = max(1, frames // 10)
     head = min(frames, early + WINDOW // 2)  # frames the comparison runs generate, through the early window
     with counted_evaluations() as calls:
-        def start(name: str, cameras: int, denoising_steps: int = steps) -> TimedRun:
+        def start(name: str, cameras: int, denoising_steps: int = steps, unit: bool = False) -> TimedRun:
             return TimedRun(model, compositions[name], initial, path.slice(0, known + cameras), denoising_steps,
-                            chunk, calls)
+                            chunk, calls, unit)
 
-        probe = start("poce3", min(frames, PROBE_CHUNKS * chunk), PROBE_STEPS)
+        probe = start("poce3", min(frames, PROBE_CHUNKS * chunk), PROBE_STEPS, unit=True)
         interleave([probe])
         probe_calls = list(calls)
         walk = start("full_stream", frames)
@@ -256,7 +278,7 @@ def run(model_folder: Path, frames: int, stream_steps: int, lora_steps: int, see
         others = {name: start(name, head) for name in ("full_stream", "full", "ltm_stream", "base")}
         interleave([walk, *others.values()])
     t = {"poce3": probe.timing, "walk": walk.timing, **{name: run.timing for name, run in others.items()}}
-    unit = statistics.median(e.seconds for e in probe_calls if e.context_frames == model.context_frames)
+    unit = statistics.median(probe.timing.unit_seconds)
     full_context = full_context_costs(model, episode, path, frames, steps, chunk)
     result = summarise(t, unit, probe_calls, full_context, early, frames, stream_steps)
     result.update({
@@ -307,7 +329,8 @@ def summarise(t: dict[str, Timing], unit: float, probe_calls: list[Evaluation], 
             "seconds_per_frame_at_history": {str(h): full_context[h] for h in histories},
             "last_over_first": full_context[histories[-1]] / full_context[histories[0]],
         },
-        "poce3_evaluations_per_step": len(probe_calls) / steps_run,
+        "poce3_evaluations_per_step": sum(len(e.context_frames) for e in probe_calls) / steps_run,
+        "poce3_forwards_per_step": sum(e.forwards for e in probe_calls) / steps_run,
         # the evaluations alone (the short-term expert's reads 4 context frames, not 2, so it costs more than one)
         "poce3_step_evaluations_in_evals": sum(e.seconds for e in probe_calls) / steps_run / unit,
         "poce3_step_seconds": step,

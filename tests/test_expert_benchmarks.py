@@ -83,6 +83,8 @@ def test_rollout_cost_on_a_short_walk(untrained_model, tmp_path, monkeypatch):  
         assert finite(result[key]) and result[key] > 0, key
     # base, short-term, spatial and one shared null: 4 evaluations a step, not 6
     assert result["poce3_evaluations_per_step"] == 4
+    # in two forwards: the short-term expert's 4 context frames, and the three conditionings of 2 batched
+    assert result["poce3_forwards_per_step"] == 2
     assert result["evaluations_per_chunk"] == {"poce3": 4 * rollout_cost.PROBE_STEPS, "walk": 4, "full_stream": 4,
                                                "full": 4, "ltm_stream": 2, "base": 1}
     assert result["late_frame"] == frames and len(result["walk_per_chunk"]["seconds"]) == frames // 4

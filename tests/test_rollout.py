@@ -69,13 +69,32 @@ def test_the_spatial_expert_finds_observed_places_again(model, episode, memory):
 
 def test_one_null_evaluation_per_step_for_every_expert(model, episode, memory, monkeypatch):
     calls = []
-    real = rollout_module.predict_clean
-    monkeypatch.setattr(rollout_module, "predict_clean", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    real = rollout_module.predict_clean_batch
+    monkeypatch.setattr(rollout_module, "predict_clean_batch", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     composition = Composition((BaseExpert(), ShortTermExpert(4), SpatialExpert(memory)), "poce")
     generate(model, episode, composition, frames=8, steps=2, chunk=4)
-    # 2 chunks x 2 steps x (3 experts + 1 shared null)
-    assert len(calls) == 2 * 2 * 4
-    assert sum(c.null for c in calls) == 2 * 2
+    evaluated = [c for batch in calls for c in batch]
+    # 2 chunks x 2 steps x (3 experts + 1 shared null), in one call per step
+    assert len(calls) == 2 * 2 and len(evaluated) == 2 * 2 * 4
+    assert sum(c.null for c in evaluated) == 2 * 2
+    # the walk starts from 2 frames, so the short-term window holds 2 in the first chunk and 4 in the second:
+    # one forward per context length
+    contexts = [sorted(c.context_frames for c in batch) for batch in calls]
+    assert contexts == [[2, 2, 2, 2]] * 2 + [[2, 2, 2, 4]] * 2
+
+
+def test_a_batched_evaluation_equals_the_lone_ones(model, episode, memory):
+    """Batching conditionings of one context length into one forward changes no prediction beyond float rounding."""
+    from memory.world.world_model import predict_clean, predict_clean_batch
+    _, run = generate(model, episode, Composition((SpatialExpert(memory, 1.0),), "single"), frames=4)
+    state = run.state
+    targets = state.path.c2w[2:6]
+    conditionings = [state.base(targets), state.conditioning(targets, 4, state.latest_mosaic(targets, 4)),
+                     state.null(targets)]
+    x, noise = torch.randn(4, 4, *episode.rgb.shape[1:3]), torch.randn(2, 4, *episode.rgb.shape[1:3])
+    batched = predict_clean_batch(model, conditionings, x, 500.0, noise)
+    for conditioning, together in zip(conditionings, batched):
+        assert torch.allclose(together, predict_clean(model, conditioning, x, 500.0, noise), atol=1e-5)
 
 
 def test_generated_frames_join_the_memory_behind_the_observed_ones(model, episode, memory):
