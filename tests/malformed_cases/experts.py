@@ -1,6 +1,8 @@
 """Malformed inputs of the memory-expert nodes, PoCE Combine and Navigate with Memory."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from malformed_support import Case
@@ -17,6 +19,13 @@ def _navigate(env, **overrides):
 
 def _empty_memory(env):
     return type(env.memory).empty(8)
+
+
+def _with_lora(env, **changes):
+    """Navigate with Memory under a long-term expert whose LoRA has ``changes`` (as if trained on another backbone)."""
+    lora = dataclasses.replace(env.lora, **changes)
+    expert = env.call("CoMELongTermExpert", lora=lora).args[0]
+    return _navigate(env, composition=env.call("CoMEPoCECombine", expert_1=expert).args[0])
 
 
 def _memory_of_patch(env, size):
@@ -51,4 +60,7 @@ CASES = [
     Case("navigate-memory-other-patch-size", "memory", lambda env: _navigate(env, composition=env.call(
         "CoMEPoCECombine", expert_1=env.call("CoMESpatialExpert", memory=_memory_of_patch(env, 16)).args[0]).args[0])),
     Case("navigate-memory-model-not-model", "world_model", lambda env: _navigate(env, world_model="model")),
+    Case("navigate-memory-lora-other-backbone", "lora", lambda env: _with_lora(
+        env, backbone='MosaicDiT:{"depth": 1, "hidden_size": 32, "num_heads": 2, "patch_size": 8}')),
+    Case("navigate-memory-lora-other-rank", "lora", lambda env: _with_lora(env, rank=env.lora.rank + 2)),
 ]
