@@ -7,10 +7,12 @@ the model predicts the next 8 along the ground-truth cameras (``navigate`` with 
 depth as initial frames). Baselines on the same windows: the last context frame repeated, and the last
 context frame warped with its depth into each target camera (holes filled by the repeated frame).
 Writes OUT (top-level keys ``model_psnr``, ``repeat_last_psnr``, ``warp_only_psnr``, ``model_ssim``,
-``depth_absrel``, a per-simulator breakdown, revisit-frame metrics and the depth AbsRel of each window) and a
-plot next to it (.png).
-Targets (issue 4): model_psnr >= repeat_last_psnr + 3 dB, model_psnr >= warp_only_psnr + 0.5 dB,
-depth_absrel <= 0.15.
+``depth_absrel``, a per-simulator breakdown, a per-environment one (``by_environment``: model and warp-only
+PSNR and SSIM, their differences, depth AbsRel) with ``worst_environment_psnr_minus_warp``, the numbers the
+targets compare (``against_targets``), revisit-frame metrics and the depth AbsRel of each window) and a plot
+next to it (.png).
+Targets (issue 4, tightened by issue 10): model_psnr >= repeat_last_psnr + 3 dB, model_psnr >= warp_only_psnr
++ 1.0 dB, model_ssim >= warp_only_ssim, no environment more than 0.3 dB below warp-only, depth_absrel <= 0.10.
 """
 from __future__ import annotations
 
@@ -43,8 +45,13 @@ QUICK_WINDOWS = 2
 QUICK_STEPS = 2
 METHODS = ("model", "repeat_last", "warp_only")
 COLOURS = {"model": "#d23c32", "repeat_last": "#969696", "warp_only": "#4682c8"}
-TARGETS = {"model_minus_repeat_last_psnr_min_db": 3.0, "model_minus_warp_only_psnr_min_db": 0.5,
-           "depth_absrel_max": 0.15}
+TARGETS = {"model_minus_repeat_last_psnr_min_db": 3.0, "model_minus_warp_only_psnr_min_db": 1.0,
+           "model_minus_warp_only_ssim_min": 0.0, "worst_environment_psnr_minus_warp_min_db": -0.3,
+           "depth_absrel_max": 0.10}
+# "memory-maze==1.0.3 MemoryMaze-13x13 (...)", "miniworld==2.1.0 Maze(num_rows=6, num_cols=6, room_size=3)":
+# a versioned package, then the environment's class and its arguments
+SOURCE = re.compile(r"([A-Za-z][\w.-]*)==\S+\s+([A-Za-z]\w*)(.*)")
+SIZE = (re.compile(r"-(\d+)x(\d+)\b"), re.compile(r"num_rows=(\d+),\s*num_cols=(\d+)"))
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,23 @@ def resolve_model(folder: Path | None) -> Path:
 def simulator_of(episode: Episode) -> str:
     """The episode's source without package versions: one key per simulator environment (e.g. per maze size)."""
     return re.sub(r"==\S+", "", episode.source)
+
+
+def environment_of(episode: Episode) -> str:
+    """A short name of the episode's environment, e.g. "memory_maze 13x13", "miniworld maze 6x6", "miniworld fourrooms".
+
+    The simulator, the environment's class (left out when the simulator names its only one after itself)
+    and the maze size; other constructor arguments (room size, flags) are not part of the name. A source
+    of another shape is named by ``simulator_of``.
+    """
+    match = SOURCE.fullmatch(episode.source)
+    if match is None:
+        return simulator_of(episode)
+    package, name, arguments = match.groups()
+    simulator = package.lower().replace("-", "_")
+    parts = [simulator] + ([] if name.lower() == simulator.replace("_", "") else [name.lower()])
+    size = SIZE[0].match(arguments) or SIZE[1].search(arguments)
+    return " ".join(parts + ([f"{size[1]}x{size[2]}"] if size else []))
 
 
 def window_starts(lengths: list[int], windows: int) -> list[tuple[int, int]]:
@@ -131,6 +155,35 @@ def summarise(rows: dict[str, torch.Tensor], keep: torch.Tensor) -> dict | None:
     return summary
 
 
+def by_environment(per_frame: dict[str, torch.Tensor], environments: list[str]) -> dict[str, dict]:
+    """Per environment: means over its target frames of model and warp-only PSNR and SSIM, their differences, depth AbsRel."""
+    out = {}
+    for name in sorted(set(environments)):
+        s = summarise(per_frame, torch.tensor([e == name for e in environments]))
+        out[name] = {"model_psnr": s["model_psnr"], "warp_only_psnr": s["warp_only_psnr"],
+                     "model_minus_warp_only_psnr": s["model_psnr"] - s["warp_only_psnr"],
+                     "model_ssim": s["model_ssim"], "warp_only_ssim": s["warp_only_ssim"],
+                     "model_minus_warp_only_ssim": s["model_ssim"] - s["warp_only_ssim"],
+                     "depth_absrel": s["depth_absrel"], "frames": s["frames"]}
+    return out
+
+
+def against_targets(result: dict) -> dict:
+    """The numbers TARGETS bounds, each with whether it meets its bound (a nan meets none)."""
+    values = {"model_minus_repeat_last_psnr_db": result["model_psnr"] - result["repeat_last_psnr"],
+              "model_minus_warp_only_psnr_db": result["model_psnr"] - result["warp_only_psnr"],
+              "model_minus_warp_only_ssim": result["model_ssim"] - result["warp_only_ssim"],
+              "worst_environment_psnr_minus_warp_db": result["worst_environment_psnr_minus_warp"],
+              "depth_absrel": result["depth_absrel"]}
+    bounds = {"model_minus_repeat_last_psnr_db": ("model_minus_repeat_last_psnr_min_db", 1),
+              "model_minus_warp_only_psnr_db": ("model_minus_warp_only_psnr_min_db", 1),
+              "model_minus_warp_only_ssim": ("model_minus_warp_only_ssim_min", 1),
+              "worst_environment_psnr_minus_warp_db": ("worst_environment_psnr_minus_warp_min_db", 1),
+              "depth_absrel": ("depth_absrel_max", -1)}  # 1: a lower bound, -1: an upper one
+    met = {name: sign * (values[name] - TARGETS[target]) >= 0 for name, (target, sign) in bounds.items()}
+    return {**values, "met": met, "all_met": all(met.values())}
+
+
 def run(folder: Path, model_folder: Path, windows: int, steps: int, seed: int) -> tuple[dict, dict]:
     """All measurements as a JSON-ready dict, and the frames of one window for the plot."""
     started = time.perf_counter()
@@ -142,7 +195,7 @@ def run(folder: Path, model_folder: Path, windows: int, steps: int, seed: int) -
     model = world_model.load_world_model(model_folder)
     starts = window_starts([len(e) for e in episodes], windows)
     rows: dict[str, list[torch.Tensor]] = {}
-    sims, revisit, offset, window_seconds = [], [], [], []
+    sims, environments, revisit, offset, window_seconds = [], [], [], [], []
     shown = {}
     for w, (i, start) in enumerate(starts):
         episode = episodes[i]
@@ -155,6 +208,7 @@ def run(folder: Path, model_folder: Path, windows: int, steps: int, seed: int) -
         revisits = set(revisit_frames(episode))
         revisit += [t in revisits for t in range(truth.start, truth.stop)]
         sims += [simulator_of(episode)] * PREDICT
+        environments += [environment_of(episode)] * PREDICT
         offset += list(range(1, PREDICT + 1))
         if w == len(starts) // 2:
             shown = {"context": episode.rgb[start:start + CONTEXT].float() / 255, "truth": episode.rgb[truth].float() / 255,
@@ -163,9 +217,17 @@ def run(folder: Path, model_folder: Path, windows: int, steps: int, seed: int) -
     everything = torch.ones(len(sims), dtype=torch.bool)
     result = summarise(per_frame, everything)
     offsets = torch.tensor(offset)
+    environment_rows = by_environment(per_frame, environments)
+    worst = min(environment_rows, key=lambda name: environment_rows[name]["model_minus_warp_only_psnr"])
     result.update({
         "targets": TARGETS,
         "by_simulator": {sim: summarise(per_frame, torch.tensor([s == sim for s in sims])) for sim in sorted(set(sims))},
+        "by_environment": environment_rows,
+        "worst_environment": worst,
+        "worst_environment_psnr_minus_warp": environment_rows[worst]["model_minus_warp_only_psnr"],
+        # the sources each environment name stands for, so a name that folds two sources together shows it
+        "environment_sources": {name: sorted({s for s, e in zip(sims, environments) if e == name})
+                                for name in environment_rows},
         "revisit": summarise(per_frame, torch.tensor(revisit)),
         "revisit_definition": "target frames t >= the episode's context_frames whose camera is within 1.0 m and 30 deg "
                               "of yaw of a frame before context_frames (memory.data.episode.revisit_frames); the model "
@@ -190,6 +252,7 @@ def run(folder: Path, model_folder: Path, windows: int, steps: int, seed: int) -
         "machine": machine_info(),
         "wall_seconds": time.perf_counter() - started,
     })
+    result["against_targets"] = against_targets(result)
     return result, shown
 
 
@@ -241,7 +304,9 @@ def main() -> None:
     args.json.write_text(json.dumps(result, indent=2))
     plot(result, shown, args.json.with_suffix(".png"))
     print(json.dumps({k: result[k] for k in ("model_psnr", "repeat_last_psnr", "warp_only_psnr", "model_ssim",
-                                             "depth_absrel", "windows", "wall_seconds")}))
+                                             "depth_absrel", "worst_environment_psnr_minus_warp", "windows",
+                                             "wall_seconds")}))
+    print(json.dumps({name: round(row["model_minus_warp_only_psnr"], 3) for name, row in result["by_environment"].items()}))
 
 
 if __name__ == "__main__":

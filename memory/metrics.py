@@ -1,6 +1,7 @@
 """Per-frame image and depth metrics for the benchmarks, a frame grid for their plots, and the machine they ran on."""
 from __future__ import annotations
 
+import math
 import os
 import platform
 
@@ -10,6 +11,7 @@ import torch
 # Identical frames have infinite PSNR; capping the MSE keeps means over frames finite (100 dB).
 MIN_MSE = 1e-10
 SSIM_WINDOW = 11
+HISTOGRAM_BINS = 8
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor, ndim: int, name: str) -> None:
@@ -38,6 +40,44 @@ def depth_absrel(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     valid = target > 0
     error = torch.where(valid, (pred.float() - target.float()).abs() / target.float().clamp_min(1e-6), 0.0)
     return error.flatten(1).sum(1) / valid.flatten(1).sum(1)
+
+
+def _check_frames(frames: torch.Tensor, name: str) -> None:
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+        raise ValueError(f"{name}: frames must be [N,H,W,3] RGB in 0..1 with N >= 1, got {list(frames.shape)}.")
+
+
+def colour_histogram(frames: torch.Tensor, bins: int = HISTOGRAM_BINS) -> torch.Tensor:
+    """Joint RGB histogram [bins,bins,bins] (red, green, blue) of all pixels of frames [N,H,W,3] in 0..1, summing to 1."""
+    _check_frames(frames, "colour_histogram")
+    # floor(x * bins) puts 1.0 in a bin of its own: clamp it into the top bin, as values just below it
+    index = (frames.float().clamp(0, 1) * bins).long().clamp_max(bins - 1).reshape(-1, 3)
+    flat = (index[:, 0] * bins + index[:, 1]) * bins + index[:, 2]
+    counts = torch.bincount(flat, minlength=bins ** 3).float()
+    return (counts / counts.sum()).view(bins, bins, bins)
+
+
+def histogram_intersection(frames: torch.Tensor, reference: torch.Tensor, bins: int = HISTOGRAM_BINS) -> float:
+    """Sum of the elementwise minimum of the colour histograms of frames [N,H,W,3] and reference [M,H',W',3] (0..1).
+
+    1 when both hold the same colours in the same proportions, 0 when they share no histogram bin; the two
+    sets may differ in frame count and size, as the histograms are normalised.
+    """
+    return float(torch.minimum(colour_histogram(frames, bins), colour_histogram(reference, bins)).sum())
+
+
+def sharpness(frames: torch.Tensor) -> torch.Tensor:
+    """Mean absolute image gradient [N] of each frame of frames [N,H,W,3] in 0..1 (normalised Sobel, x and y, all channels)."""
+    _check_frames(frames, "sharpness")
+    # replicated borders: a flat frame has no gradient at its edges either
+    gradient = kornia.filters.spatial_gradient(frames.float().movedim(-1, 1), mode="sobel", normalized=True)
+    return gradient.abs().flatten(1).mean(1)
+
+
+def sharpness_ratio(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean sharpness of pred [N,H,W,3] over that of target [M,H,W,3]: < 1 blurrier, > 1 sharper; nan if target is flat."""
+    reference = float(sharpness(target).mean())
+    return float(sharpness(pred).mean()) / reference if reference > 0 else math.nan
 
 
 def frame_grid(frames: torch.Tensor, columns: int, gap: int = 2) -> torch.Tensor:

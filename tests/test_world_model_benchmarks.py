@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from next_chunk import CONTEXT, PREDICT, window_starts  # noqa: E402
+from next_chunk import CONTEXT, PREDICT, TARGETS, environment_of, window_starts  # noqa: E402
+
+MINIWORLD = "miniworld==2.1.0 Maze(num_rows=6, num_cols=6, room_size=3)"
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +48,11 @@ def run_script(monkeypatch, name: str, *args: str) -> None:
 def test_next_chunk_quick_writes_finite_metrics(untrained_model, tmp_path, monkeypatch):
     episodes = tmp_path / "episodes"
     sample = read_episode(SAMPLE_EPISODE)
-    frames = slice(56, 80)
-    short = dataclasses.replace(sample, rgb=sample.rgb[frames], depth=sample.depth[frames], c2w=sample.c2w[frames],
-                                actions=sample.actions[frames], context_frames=8)
-    write_episode(short, episodes / "sim" / "short.safetensors")
+    # two environments, one window each: part of the sample, and another part relabelled as MiniWorld
+    for folder, frames, source in (("sim", slice(56, 80), sample.source), ("sim2", slice(80, 104), MINIWORLD)):
+        short = dataclasses.replace(sample, rgb=sample.rgb[frames], depth=sample.depth[frames], c2w=sample.c2w[frames],
+                                    actions=sample.actions[frames], context_frames=8, source=source)
+        write_episode(short, episodes / folder / "short.safetensors")
     out = tmp_path / "next_chunk.json"
     run_script(monkeypatch, "next_chunk.py", "--episodes", str(episodes), "--json", str(out), "--model",
                str(untrained_model), "--quick", "--threads", "1")
@@ -60,7 +63,30 @@ def test_next_chunk_quick_writes_finite_metrics(untrained_model, tmp_path, monke
     assert result["frames"] == 2 * PREDICT
     assert len(result["depth_absrel_by_window"]) == 2
     assert sum(result["depth_absrel_by_window"]) / 2 == pytest.approx(result["depth_absrel"], rel=1e-5)
-    assert list(result["by_simulator"]) == ["memory-maze MemoryMaze-9x9 (target_color_in_image=False)"]
+    simulators = ["memory-maze MemoryMaze-9x9 (target_color_in_image=False)",
+                  "miniworld Maze(num_rows=6, num_cols=6, room_size=3)"]
+    assert list(result["by_simulator"]) == simulators
+    environments = result["by_environment"]
+    assert list(environments) == ["memory_maze 9x9", "miniworld maze 6x6"]
+    assert result["environment_sources"] == {e: [s] for e, s in zip(environments, simulators)}
+    for (name, row), simulator in zip(environments.items(), simulators):
+        assert row["frames"] == PREDICT
+        for key in ("model_psnr", "warp_only_psnr", "model_ssim", "warp_only_ssim", "depth_absrel"):
+            assert row[key] == pytest.approx(result["by_simulator"][simulator][key]), (name, key)
+        assert row["model_minus_warp_only_psnr"] == pytest.approx(row["model_psnr"] - row["warp_only_psnr"])
+        assert row["model_minus_warp_only_ssim"] == pytest.approx(row["model_ssim"] - row["warp_only_ssim"])
+    # one window of 8 frames each: the overall mean is the mean of the two
+    assert result["model_psnr"] == pytest.approx(sum(r["model_psnr"] for r in environments.values()) / 2, rel=1e-5)
+    gaps = {name: row["model_minus_warp_only_psnr"] for name, row in environments.items()}
+    assert result["worst_environment"] == min(gaps, key=gaps.get)
+    assert result["worst_environment_psnr_minus_warp"] == min(gaps.values())
+    assert result["targets"] == TARGETS and TARGETS["model_minus_warp_only_psnr_min_db"] == 1.0
+    against = result["against_targets"]
+    assert against["worst_environment_psnr_minus_warp_db"] == result["worst_environment_psnr_minus_warp"]
+    assert against["met"]["worst_environment_psnr_minus_warp_db"] == (min(gaps.values()) >= -0.3)
+    assert against["met"]["model_minus_warp_only_ssim"] == (result["model_ssim"] >= result["warp_only_ssim"])
+    assert against["met"]["depth_absrel"] == (result["depth_absrel"] <= 0.10)
+    assert against["all_met"] == all(against["met"].values())
     # A stepping walker's warp of the last frame beats repeating it. Geometry first: an untrained network
     # (zero-initialised correction) returns its mosaic, the latest frame warped with holes repeated,
     # which is exactly the warp-only baseline on the first predicted frame.
@@ -97,6 +123,19 @@ def test_rollout_speed_times_64_frames(untrained_model, tmp_path, monkeypatch):
     assert result["frames"] == 64 and result["steps"] == 1 and result["chunk"] == 16
     assert len(result["per_chunk_seconds"]) == 4
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("source, environment", [
+    ("memory-maze==1.0.3 MemoryMaze-13x13 (target_color_in_image=False)", "memory_maze 13x13"),
+    (MINIWORLD, "miniworld maze 6x6"),
+    ("miniworld==2.1.0 FourRooms()", "miniworld fourrooms"),
+    ("custom-sim==0.1 Room-5x7", "custom_sim room 5x7"),
+    # no versioned package: the source without versions, as simulator_of names it
+    ("synthetic corridor, seed 3", "synthetic corridor, seed 3"),
+])
+def test_environment_of_names_simulator_environment_and_size(source, environment):
+    episode = dataclasses.replace(read_episode(SAMPLE_EPISODE), source=source)
+    assert environment_of(episode) == environment
 
 
 def test_window_starts_spread_over_episodes_and_skip_short_ones():
