@@ -43,7 +43,7 @@ from memory.world.world_model import WorldModel, load_world_model  # noqa: E402
 
 # Sibling modules: their folder is first on sys.path when this file runs as a script.
 import plots  # noqa: E402
-from next_chunk import environment_of, navigate_default, resolve_model  # noqa: E402
+from next_chunk import episode_files, environment_of, navigate_default, resolve_model  # noqa: E402
 
 DEFAULT_BIN = 25
 METRICS = ("psnr", "ssim", "sharpness_ratio", "histogram_intersection", "true_histogram_intersection")
@@ -111,10 +111,7 @@ def meets(summary: dict) -> dict:
 def run(folder: Path, model_folder: Path, size: int, steps: int, seed: int, max_frames: int | None) -> tuple[dict, list]:
     """All measurements as a JSON-ready dict, and true and generated frames at the end of bins of each environment's first episode."""
     started = time.perf_counter()
-    files = sorted(folder.rglob("*.safetensors"))
-    if not files:
-        raise ValueError(f"--episodes: no .safetensors episode files under {folder}; generate held-out episodes "
-                         "with `python -m memory.data.sim.generate`.")
+    files = episode_files(folder)
     episodes = [read_episode(f) for f in files]
     model = load_world_model(model_folder)
     per_episode, shown = [], []

@@ -184,13 +184,19 @@ def against_targets(result: dict) -> dict:
     return {**values, "met": met, "all_met": all(met.values())}
 
 
+def episode_files(folder: Path) -> list[Path]:
+    """The episode files under ``folder`` (recursively), or a ValueError naming ``--episodes`` if there are none."""
+    files = sorted(folder.rglob("*.safetensors"))
+    if not files:
+        raise ValueError(f"--episodes: no .safetensors episode files under {folder}; generate held-out episodes "
+                         "with `python -m memory.data.sim.generate`.")
+    return files
+
+
 def run(folder: Path, model_folder: Path, windows: int, steps: int, seed: int) -> tuple[dict, dict]:
     """All measurements as a JSON-ready dict, and the frames of one window for the plot."""
     started = time.perf_counter()
-    files = sorted(folder.rglob("*.safetensors"))
-    if not files:
-        raise ValueError(f"--episodes: no .safetensors episode files under {folder}; "
-                         "generate held-out episodes with `python -m memory.data.sim.generate`.")
+    files = episode_files(folder)
     episodes = [read_episode(f) for f in files]
     model = world_model.load_world_model(model_folder)
     starts = window_starts([len(e) for e in episodes], windows)

@@ -52,7 +52,7 @@ from memory.world.world_model import WorldModel, load_world_model  # noqa: E402
 
 # Sibling modules: their folder is first on sys.path when this file runs as a script.
 import plots  # noqa: E402
-from next_chunk import resolve_model, simulator_of  # noqa: E402
+from next_chunk import episode_files, resolve_model, simulator_of  # noqa: E402
 
 MEMORY_EXPERTS = ("stm", "spatial", "ltm")
 # method -> (experts, PoCE mode); "base" is rollouts.BASE_ONLY and "oracle" runs no network
@@ -212,10 +212,7 @@ def episode_row(s: dict) -> dict:
 def run(folder: Path, model_folder: Path, methods: list[str], settings: Settings) -> tuple[dict, dict]:
     """All measurements as a JSON-ready dict, and the first episode's revisit frames for the plot."""
     started = time.perf_counter()
-    files = sorted(folder.rglob("*.safetensors"))
-    if not files:
-        raise ValueError(f"--episodes: no .safetensors episode files under {folder}; generate held-out episodes "
-                         "with `python -m memory.data.sim.generate`.")
+    files = episode_files(folder)
     model = load_world_model(model_folder)
     episodes = [read_episode(f) for f in files]
     for f, e in zip(files, episodes):
