@@ -4,6 +4,17 @@ The explorer walks between goals along shortest paths, turning in place at sharp
 walking straight otherwise. After the exploration phase it revisits: it turns around, walks back
 along its own track for a while, turns again and re-walks the track in the original direction (so
 the later frames see the same places from the same headings), then keeps exploring.
+
+Walk styles (``WALKS``, ``--walk``); every one stays on free cells and is deterministic by seed:
+
+    default        the explore-and-revisit walk above
+    varied         the same, but each leg between goals is walked at its own speed, 0.5x to 2x
+    turn_in_place  the same, plus a full turn on the spot (either way) at every goal
+    look_around    the same, plus a stop at every goal to pan 45-90 degrees to one side, across to
+                   the other and back
+    loop           long loops through novel goals that come back to the start; the walk ends where
+                   it began (after its last loop it turns on the spot there)
+
 Pure numpy: no simulator needed.
 """
 from __future__ import annotations
@@ -17,6 +28,7 @@ import numpy as np
 
 # Memory Maze's discrete action ids, used for both simulators so that episodes share one vocabulary.
 NOOP, FORWARD, LEFT, RIGHT, FORWARD_LEFT, FORWARD_RIGHT = range(6)
+WALKS = ("default", "varied", "turn_in_place", "look_around", "loop")
 _NEIGHBOURS = [(-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1)]
 
 
@@ -149,6 +161,14 @@ class _Walker:
             self._turn_towards(yaw)
             self.frames.append((self.xy.copy(), self.yaw, LEFT if self._last_turn > 0 else RIGHT))
 
+    def spin(self, angle: float, limit: int) -> None:
+        """Append frames turning in place by ``angle`` radians (either sign, may exceed a full turn) or until ``limit`` frames."""
+        left = angle
+        while abs(left) > 1e-9 and len(self.frames) < limit:
+            step = float(np.clip(left, -self.turn, self.turn))
+            self.yaw, left = _wrap(self.yaw + step), left - step
+            self.frames.append((self.xy.copy(), self.yaw, LEFT if step > 0 else RIGHT))
+
     def _turn_towards(self, heading: float) -> None:
         err = _wrap(heading - self.yaw)
         self._last_turn = float(np.clip(err, -self.turn, self.turn))
@@ -177,13 +197,39 @@ class _Walker:
         self.frames.append((self.xy.copy(), self.yaw, action))
 
 
+def _pick_goal(grid: OccupancyGrid, here: tuple[int, int], visited: list[np.ndarray], rng: np.random.Generator,
+               min_goal_distance: float) -> tuple[int, int]:
+    """A reachable cell at least ``min_goal_distance`` away and, if possible, away from everywhere visited."""
+    dist, _ = grid.distances(here)
+    reach = np.argwhere(dist >= 0)
+    metres = dist[dist >= 0] * grid.cell_size
+    seen = np.stack(visited)
+    centres = np.stack([grid.centre(tuple(c)) for c in reach])
+    novelty = np.min(np.linalg.norm(centres[:, None] - seen[None], axis=-1), axis=1)
+    candidates = reach[(metres >= min_goal_distance) & (novelty >= min_goal_distance / 2)]
+    if not len(candidates):
+        candidates = reach[metres >= min(min_goal_distance, metres.max())]
+    return tuple(int(v) for v in candidates[rng.integers(len(candidates))])
+
+
+def _trajectory(walker: _Walker, frames: int) -> Trajectory:
+    xy, yaw, actions = zip(*walker.frames[:frames])
+    return Trajectory(np.stack(xy), np.array(yaw), np.array(actions, dtype=np.int64))
+
+
 def explore_and_revisit(
     grid: OccupancyGrid, frames: int, explore_frames: int, seed: int, speed: float = 0.3,
     turn_deg: float = 22.5, align_deg: float = 30.0, return_fraction: float = 0.35, min_goal_distance: float = 3.0,
+    style: str = "default",
 ) -> Trajectory:
-    """A ``frames``-long walk: explore for ``explore_frames``, then walk back along the track and re-walk it, then explore on."""
+    """A ``frames``-long walk: explore for ``explore_frames``, then walk back along the track and re-walk it, then explore on.
+
+    ``style`` is one of ``WALKS`` but ``loop`` (see the module docstring); it changes how the explorer walks between and at goals.
+    """
     if frames < 2 or not 1 <= explore_frames < frames:
         raise ValueError(f"explore_and_revisit: need frames >= 2 and 1 <= explore_frames < frames, got {frames}, {explore_frames}.")
+    if style not in WALKS or style == "loop":
+        raise ValueError(f"explore_and_revisit: style must be one of {', '.join(w for w in WALKS if w != 'loop')}, got '{style}'.")
     rng = np.random.default_rng(seed)
     free_cells = np.argwhere(grid.free)
     start = tuple(int(v) for v in free_cells[rng.integers(len(free_cells))])
@@ -192,20 +238,18 @@ def explore_and_revisit(
 
     def explore(limit: int) -> None:
         while len(walker.frames) < limit:
-            here = grid.cell_of(walker.xy)
-            dist, _ = grid.distances(here)
-            reach = np.argwhere(dist >= 0)
-            metres = dist[dist >= 0] * grid.cell_size
-            seen = np.stack(visited)
-            centres = np.stack([grid.centre(tuple(c)) for c in reach])
-            novelty = np.min(np.linalg.norm(centres[:, None] - seen[None], axis=-1), axis=1)
-            candidates = reach[(metres >= min_goal_distance) & (novelty >= min_goal_distance / 2)]
-            if not len(candidates):
-                candidates = reach[metres >= min(min_goal_distance, metres.max())]
-            goal = tuple(int(v) for v in candidates[rng.integers(len(candidates))])
-            path = shortest_path(grid, here, goal)
+            path = shortest_path(grid, grid.cell_of(walker.xy), _pick_goal(grid, grid.cell_of(walker.xy), visited, rng, min_goal_distance))
+            if style == "varied":
+                # Log-uniform, so that slowing down and speeding up are equally likely.
+                walker.speed = speed * 2.0 ** rng.uniform(-1.0, 1.0)
             walker.follow(path, limit)
             visited.extend(path)
+            if style == "turn_in_place":
+                walker.spin(rng.choice([-1.0, 1.0]) * 2 * math.pi, limit)
+            elif style == "look_around":
+                pan = rng.choice([-1.0, 1.0]) * math.radians(rng.uniform(45.0, 90.0))
+                for angle in (pan, -2 * pan, pan):
+                    walker.spin(angle, limit)
 
     explore(explore_frames)
     track = [f[0] for f in walker.frames]
@@ -223,5 +267,52 @@ def explore_and_revisit(
     walker.follow(track[k:], frames)
     walker.speed = speed
     explore(frames)
-    xy, yaw, actions = zip(*walker.frames[:frames])
-    return Trajectory(np.stack(xy), np.array(yaw), np.array(actions, dtype=np.int64))
+    return _trajectory(walker, frames)
+
+
+def loop_walk(grid: OccupancyGrid, frames: int, seed: int, speed: float = 0.3, turn_deg: float = 22.5,
+              align_deg: float = 30.0, min_goal_distance: float = 3.0, tries: int = 8) -> Trajectory:
+    """A ``frames``-long walk of loops through novel goals, each back to the start, ending exactly at the start."""
+    if frames < 2:
+        raise ValueError(f"loop_walk: need frames >= 2, got {frames}.")
+    rng = np.random.default_rng(seed)
+    free_cells = np.argwhere(grid.free)
+    home = tuple(int(v) for v in free_cells[rng.integers(len(free_cells))])
+    turn, align = math.radians(turn_deg), math.radians(align_deg)
+    walker = _Walker(grid.centre(home), rng.uniform(-math.pi, math.pi), speed, turn, align)
+    visited: list[np.ndarray] = [walker.xy.copy()]
+
+    def frames_for(*paths: list[np.ndarray]) -> int:
+        # The walker is deterministic, so a dry run from the same pose counts the frames exactly.
+        trial = _Walker(walker.xy, walker.yaw, speed, turn, align)
+        for path in paths:
+            trial.follow(path, 1 << 30)
+        return len(trial.frames) - 1
+
+    while len(walker.frames) < frames:
+        here = grid.cell_of(walker.xy)
+        for _ in range(tries):
+            goal = _pick_goal(grid, here, visited, rng, min_goal_distance)
+            out, back = shortest_path(grid, here, goal), shortest_path(grid, goal, home)
+            # Go on only if the walker can still get home in time afterwards.
+            if len(walker.frames) + frames_for(out, back) <= frames:
+                walker.follow(out, frames)
+                visited.extend(out)
+                break
+        else:
+            if here != home:
+                walker.follow(shortest_path(grid, here, home), frames)
+            else:
+                # No loop fits into the frames left: turn on the spot at the start until the end.
+                walker.spin(rng.choice([-1.0, 1.0]) * turn * (frames - len(walker.frames)), frames)
+    return _trajectory(walker, frames)
+
+
+def make_walk(style: str, grid: OccupancyGrid, frames: int, explore_frames: int, seed: int, speed: float = 0.3,
+              turn_deg: float = 22.5) -> Trajectory:
+    """The ``frames``-long walk of style ``style`` (one of ``WALKS``) for ``seed``."""
+    if style not in WALKS:
+        raise ValueError(f"--walk: unknown walk style '{style}'; choose one of {', '.join(WALKS)}.")
+    if style == "loop":
+        return loop_walk(grid, frames, seed, speed, turn_deg)
+    return explore_and_revisit(grid, frames, explore_frames, seed, speed, turn_deg, style=style)
