@@ -15,10 +15,15 @@ def main() -> None:
     for name, default in [("steps", 20000), ("minutes", 360.0), ("batch-size", 8), ("lr", 3e-4), ("seed", 0),
                           ("save-every", 100), ("threads", 1), ("workers", 1)]:
         parser.add_argument(f"--{name}", type=type(default), default=default)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="model folder to start a new run from (default: random weights); ignored when resuming")
+    parser.add_argument("--no-self-forcing", action="store_true",
+                        help="train on true frames only (no windows conditioned on the model's own rollout)")
     args = parser.parse_args()
     train(TrainConfig(data=args.data, out=args.out, steps=args.steps, minutes=args.minutes,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, save_every=args.save_every,
-                      threads=args.threads, workers=args.workers))
+                      threads=args.threads, workers=args.workers,
+                      init=args.init, self_forcing=not args.no_self_forcing))
 
 
 if __name__ == "__main__":

@@ -14,15 +14,10 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..world.backbones.mosaic_dit import MosaicDiT, training_schedule
-from ..world.rgbd import depth_loss
 from ..world.world_model import save_world_model
-from .windows import WindowStream, load_episodes
-
-NULL_CONTEXT = 0.1
-LAST_TIMESTEP_SHARE = 0.5
-# a symmetric log-depth loss blends "sky or near wall" pixels into a far guess that dominates AbsRel;
-# the depth loss is the relative error instead (rgbd.depth_loss)
-DEPTH_WEIGHT = 0.5
+from .loss import training_loss
+from .stream import WindowStream
+from .windows import load_episodes
 
 
 @dataclass(frozen=True)
@@ -40,28 +35,8 @@ class TrainConfig:
     save_every: int = 100
     threads: int = 1
     workers: int = 1
-
-
-def training_loss(model: MosaicDiT, scheduler: DDPMScheduler, clean: torch.Tensor, mosaic: torch.Tensor,
-                  rays: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """MSE of the predicted clean target colours plus their relative depth error; context frames are clean, or pure noise ("null memory") at rate NULL_CONTEXT."""
-    b, f = clean.shape[:2]
-    c = model.config.context_frames
-    top = scheduler.config.num_train_timesteps - 1
-    uniform = torch.randint(0, top + 1, (b, 1), generator=generator)
-    # half the samples at the last timestep: few-step sampling starts there, and it is the pure regression
-    # from mosaic and context whose mean maximises PSNR
-    last = torch.rand(b, 1, generator=generator) < LAST_TIMESTEP_SHARE
-    t_target = torch.where(last, top, uniform).expand(b, f - c)
-    null = torch.rand(b, 1, generator=generator) < NULL_CONTEXT
-    t_context = torch.where(null, top, 0).expand(b, c)
-    timesteps = torch.cat([t_context, t_target], 1)
-    noise = torch.randn(clean.shape, generator=generator)
-    noisy = scheduler.add_noise(clean.flatten(0, 1), noise.flatten(0, 1), timesteps.flatten()).view_as(clean)
-    noisy = torch.where((timesteps == 0)[:, :, None, None, None], clean, noisy)
-    pred = model(noisy, timesteps, mosaic, rays)
-    error = pred[:, c:, :3] - clean[:, c:, :3]
-    return error.pow(2).mean() + DEPTH_WEIGHT * depth_loss(pred[:, c:, 3], clean[:, c:, 3]).mean()
+    init: Path | None = None
+    self_forcing: bool = True
 
 
 def save_checkpoint(model: MosaicDiT, scheduler: DDPMScheduler, optimizer: torch.optim.Optimizer, step: int,
@@ -105,13 +80,17 @@ def train(config: TrainConfig) -> Path:
     random.seed(config.seed)
     config.out.mkdir(parents=True, exist_ok=True)
     checkpoint = config.out / "checkpoint"
-    model = MosaicDiT.from_pretrained(checkpoint) if checkpoint.exists() else MosaicDiT()
+    start = checkpoint if checkpoint.exists() else config.init
+    model = MosaicDiT.from_pretrained(start) if start is not None else MosaicDiT()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     step = load_checkpoint(checkpoint, optimizer) if checkpoint.exists() else 0
     # the schedule is chosen once, when a run starts, and travels with every checkpoint from then on
-    scheduler = DDPMScheduler.from_pretrained(checkpoint) if checkpoint.exists() else training_schedule(
+    scheduler = DDPMScheduler.from_pretrained(start) if start is not None else training_schedule(
         model.config.num_train_timesteps)
-    stream = WindowStream(load_episodes(config.data), model.config.context_frames, seed=config.seed * 100003 + step)
+    if not checkpoint.exists():
+        save_checkpoint(model, scheduler, optimizer, step, checkpoint)  # what the workers' first rollouts read
+    stream = WindowStream(load_episodes(config.data), model.config.context_frames, seed=config.seed * 100003 + step,
+                          rollout_model=checkpoint if config.self_forcing else None)
     loader = torch.utils.data.DataLoader(stream, batch_size=config.batch_size, num_workers=config.workers)
     generator = torch.Generator().manual_seed(config.seed * 7919 + step)
     log = (config.out / "loss.jsonl").open("a")

@@ -77,21 +77,3 @@ def make_window(episode: Frames, start: int, sources: list[int], context_frames:
     conditioning = build_conditioning(rgb[:c], depth[:c], c2w[:c], c2w[c:], episode.K, warped, depth_known)
     clean = torch.cat([conditioning.context, encode_rgbd(rgb[c:], depth[c:])])
     return Window(clean, conditioning.mosaic, conditioning.rays)
-
-
-class WindowStream(torch.utils.data.IterableDataset):
-    """An endless, seeded stream of random windows from a list of episodes."""
-
-    def __init__(self, episodes: list[Episode], context_frames: int, seed: int):
-        super().__init__()
-        self.episodes, self.context_frames, self.seed = episodes, context_frames, seed
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        rng = random.Random(self.seed * 1000 + (info.id if info else 0))
-        while True:
-            episode = rng.choice(self.episodes)
-            c = self.context_frames
-            start = rng.randrange(0, len(episode) - c - TARGET_FRAMES + 1)
-            window = make_window(episode, start, mosaic_sources(episode, start, c, rng), c, rng.random() > DEPTH_UNKNOWN)
-            yield window.clean, window.mosaic, window.rays

@@ -27,7 +27,7 @@ from ..files import atomic_save_safetensors, read_safetensors
 from ..geometry.camera import validate_cameras
 from ..geometry.depth import check_metric_depth
 from ..limits import MAX_LORA_RANK, MAX_LORA_STEPS, MAX_SEED, check_count, check_frames
-from ..train.loop import training_loss
+from ..train.loss import training_loss
 from ..train.windows import TARGET_FRAMES, make_window, mosaic_sources
 from .world_model import WorldModel
 

@@ -1,0 +1,56 @@
+"""The training objective of MosaicDiT, shared by the backbone's training and the episodic LoRA's."""
+from __future__ import annotations
+
+import torch
+from diffusers import DDPMScheduler
+
+from ..world.backbones.mosaic_dit import MosaicDiT
+from ..world.rgbd import depth_loss
+
+NULL_CONTEXT = 0.2
+# of the null-context windows, the share whose mosaic is removed too: the experts' null memory ("nothing
+# remembered", Conditioning.without_memory) must be a trained input, not 1.5 % of windows by coincidence
+NULL_MOSAIC = 0.5
+# clean context frames are noised to a small random level this often (with that timestep given), so that
+# context the model generated itself, never quite clean, is an input it has seen
+CONTEXT_NOISE = 0.3
+CONTEXT_NOISE_MAX_T = 100
+# covered pixels weigh more: where the mosaic is right, the network must keep it (issue 10: never worse
+# than its geometry), and there the residual error is small, so an unweighted loss barely notices blur
+COVERED_WEIGHT = 2.0
+LAST_TIMESTEP_SHARE = 0.5
+# a symmetric log-depth loss blends "sky or near wall" pixels into a far guess that dominates AbsRel;
+# the depth loss is the relative error instead (rgbd.depth_loss)
+DEPTH_WEIGHT = 0.5
+
+
+def training_loss(model: MosaicDiT, scheduler: DDPMScheduler, clean: torch.Tensor, mosaic: torch.Tensor,
+                  rays: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Coverage-weighted MSE of the predicted clean target colours plus their relative depth error.
+
+    Context frames are clean, slightly noised (CONTEXT_NOISE), or pure noise at rate NULL_CONTEXT, and
+    then often without a mosaic as well (the null memory).
+    """
+    b, f = clean.shape[:2]
+    c = model.config.context_frames
+    top = scheduler.config.num_train_timesteps - 1
+    uniform = torch.randint(0, top + 1, (b, 1), generator=generator)
+    # half the samples at the last timestep: few-step sampling starts there, and it is the pure regression
+    # from mosaic and context whose mean maximises PSNR
+    last = torch.rand(b, 1, generator=generator) < LAST_TIMESTEP_SHARE
+    t_target = torch.where(last, top, uniform).expand(b, f - c)
+    null = torch.rand(b, 1, generator=generator) < NULL_CONTEXT
+    light = torch.randint(1, CONTEXT_NOISE_MAX_T + 1, (b, 1), generator=generator)
+    noised = torch.rand(b, 1, generator=generator) < CONTEXT_NOISE
+    t_context = torch.where(null, top, torch.where(noised, light, 0)).expand(b, c)
+    no_mosaic = null[:, 0] & (torch.rand(b, generator=generator) < NULL_MOSAIC)
+    # the empty mosaic's channels are all zero (Mosaic.empty().channels())
+    mosaic = torch.where(no_mosaic[:, None, None, None, None], torch.zeros_like(mosaic), mosaic)
+    timesteps = torch.cat([t_context, t_target], 1)
+    noise = torch.randn(clean.shape, generator=generator)
+    noisy = scheduler.add_noise(clean.flatten(0, 1), noise.flatten(0, 1), timesteps.flatten()).view_as(clean)
+    noisy = torch.where((timesteps == 0)[:, :, None, None, None], clean, noisy)
+    pred = model(noisy, timesteps, mosaic, rays)
+    error = pred[:, c:, :3] - clean[:, c:, :3]
+    weight = 1 + (COVERED_WEIGHT - 1) * mosaic[:, c:, 4:5]
+    return (weight * error.pow(2)).mean() / weight.mean() + DEPTH_WEIGHT * depth_loss(pred[:, c:, 3], clean[:, c:, 3]).mean()

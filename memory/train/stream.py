@@ -1,0 +1,91 @@
+"""The endless stream of training windows, a share of them conditioned on the model's own rollouts (self-forcing)."""
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..data.episode import Episode
+from ..geometry.camera import CameraPath
+from ..limits import MAX_SEED
+from ..world.rollout import BASE_ONLY, rollout
+from ..world.world_model import WorldModel, load_world_model
+from .windows import DEPTH_UNKNOWN, TARGET_FRAMES, make_window, mosaic_sources
+
+# share of windows whose context frames and base mosaic are the model's own rollout (self-forcing): long walks
+# condition on generated frames, so training must too, or small errors compound into colour drift and blur
+SELF_FORCED = 0.5
+MAX_FORCED_CHUNKS = 3
+# windows between checks for a newer checkpoint to roll out with (the worker's copy lags training by this much)
+RELOAD_EVERY = 64
+
+
+def self_forced(model: WorldModel, episode: Episode, start: int, chunks: int, seed: int) -> Episode:
+    """``episode`` with the ``chunks`` x TARGET_FRAMES frames before ``start + context`` replaced by the model's base rollout.
+
+    The rollout starts from the true frames (and depth) just before them and follows the recorded
+    cameras, as a long walk does; generated frames are stored as uint8, as every frame is.
+    """
+    c = model.context_frames
+    first = start - chunks * TARGET_FRAMES
+    path = CameraPath(episode.c2w[first:start + c], episode.K, *episode.rgb.shape[1:3])
+    truth = slice(first, first + c)
+    chunks_out = list(rollout(model, BASE_ONLY, episode.rgb[truth].float() / 255, episode.depth[truth], path,
+                              chunk=TARGET_FRAMES, seed=seed))[1:]
+    generated = slice(first + c, start + c)
+    rgb, depth = episode.rgb.clone(), episode.depth.clone()
+    rgb[generated] = (torch.cat([k.rgb for k in chunks_out]).clamp(0, 1) * 255).round().to(torch.uint8)
+    depth[generated] = torch.cat([k.depth for k in chunks_out])
+    return replace(episode, rgb=rgb, depth=depth)
+
+
+class WindowStream(torch.utils.data.IterableDataset):
+    """An endless, seeded stream of random windows from a list of episodes.
+
+    With a ``rollout_model`` folder (the run's checkpoint, reloaded as training saves it), a share
+    SELF_FORCED of the windows read context and base mosaic from the model's own rollout.
+    """
+
+    def __init__(self, episodes: list[Episode], context_frames: int, seed: int, rollout_model: Path | None = None):
+        super().__init__()
+        self.episodes, self.context_frames, self.seed = episodes, context_frames, seed
+        self.rollout_model = rollout_model
+        self._model: WorldModel | None = None
+        self._loaded_mtime = -1.0
+
+    def _model_for_rollouts(self) -> WorldModel | None:
+        """The newest saved weights (reloaded when the checkpoint changed), or None without a rollout model."""
+        if self.rollout_model is None:
+            return None
+        weights = self.rollout_model / "diffusion_pytorch_model.safetensors"
+        try:
+            mtime = weights.stat().st_mtime
+            if mtime != self._loaded_mtime:
+                self._model = load_world_model(self.rollout_model)
+                self._model.network.eval()
+                self._loaded_mtime = mtime
+        except (OSError, ValueError):
+            pass  # the checkpoint is being swapped in: keep rolling out with the copy we have
+        return self._model
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(self.seed * 1000 + (info.id if info else 0))
+        count = 0
+        model = self._model_for_rollouts()
+        while True:
+            episode = rng.choice(self.episodes)
+            c = self.context_frames
+            start = rng.randrange(0, len(episode) - c - TARGET_FRAMES + 1)
+            depth_known = rng.random() > DEPTH_UNKNOWN
+            chunks = min(MAX_FORCED_CHUNKS, start // TARGET_FRAMES)
+            if model is not None and chunks and rng.random() < SELF_FORCED:
+                with torch.inference_mode():
+                    episode = self_forced(model, episode, start, rng.randint(1, chunks), rng.randrange(MAX_SEED + 1))
+            window = make_window(episode, start, mosaic_sources(episode, start, c, rng), c, depth_known)
+            count += 1
+            if count % RELOAD_EVERY == 0:
+                model = self._model_for_rollouts()
+            yield window.clean, window.mosaic, window.rays

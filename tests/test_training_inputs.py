@@ -1,0 +1,114 @@
+"""What the embedded model trains on besides true windows: its own rollouts, the null memory, noised context, coverage weights."""
+from __future__ import annotations
+
+import torch
+
+from memory.data.episode import SAMPLE_EPISODE, read_episode
+from memory.train import loss as loss_module
+from memory.train.loss import training_loss
+from memory.train.stream import WindowStream, self_forced
+from memory.train.windows import TARGET_FRAMES, make_window
+from memory.world.backbones.mosaic_dit import MosaicDiT, training_schedule
+from memory.world.rollout import BASE_ONLY, rollout
+from memory.world.world_model import load_world_model, save_world_model
+
+
+def test_self_forced_frames_are_the_base_rollout_and_nothing_else_changes():
+    """The frames before a window's targets are what a rollout from the true frames before them generates."""
+    episode, model = read_episode(SAMPLE_EPISODE), load_world_model()
+    c, start, chunks = model.context_frames, 20, 2
+    with torch.inference_mode():
+        forced = self_forced(model, episode, start, chunks, seed=5)
+        first = start - chunks * TARGET_FRAMES
+        path = episode.cameras.slice(first, start + c)
+        direct = list(rollout(model, BASE_ONLY, episode.rgb[first:first + c].float() / 255,
+                              episode.depth[first:first + c], path, chunk=TARGET_FRAMES, seed=5))[1:]
+    generated = slice(first + c, start + c)
+    expected = (torch.cat([k.rgb for k in direct]).clamp(0, 1) * 255).round().to(torch.uint8)
+    assert torch.equal(forced.rgb[generated], expected)
+    assert torch.equal(forced.depth[generated], torch.cat([k.depth for k in direct]))
+    assert not torch.equal(forced.rgb[generated], episode.rgb[generated])
+    untouched = torch.ones(len(episode), dtype=torch.bool)
+    untouched[generated] = False
+    assert torch.equal(forced.rgb[untouched], episode.rgb[untouched]) and torch.equal(forced.c2w, episode.c2w)
+    # the window's targets stay the true frames; its context is the generated frames
+    window = make_window(forced, start, [start + c - 1], c)
+    true_window = make_window(episode, start, [start + c - 1], c)
+    assert torch.equal(window.clean[c:], true_window.clean[c:]) and not torch.equal(window.clean[:c], true_window.clean[:c])
+
+
+def test_stream_rolls_out_with_the_saved_checkpoint_and_follows_it(tmp_path, monkeypatch):
+    """With a rollout model every window is self-forced at SELF_FORCED 1; without one none is."""
+    from memory.train import stream as stream_module
+
+    episode = read_episode(SAMPLE_EPISODE)
+    torch.manual_seed(0)
+    folder = save_world_model(MosaicDiT(hidden_size=32, depth=1, num_heads=1), tmp_path / "checkpoint")
+    calls = []
+    real = stream_module.self_forced
+    monkeypatch.setattr(stream_module, "self_forced", lambda *a: calls.append(a[2:4]) or real(*a))
+    monkeypatch.setattr(stream_module, "SELF_FORCED", 1.0)
+    plain = iter(WindowStream([episode], 2, seed=1))
+    for _ in range(3):
+        next(plain)
+    assert calls == []
+    forced = iter(WindowStream([episode], 2, seed=1, rollout_model=folder))
+    shapes = [tuple(t.shape) for t in next(forced)]
+    assert shapes == [(6, 4, 64, 64), (6, 6, 64, 64), (6, 6, 64, 64)]
+    for _ in range(5):
+        next(forced)
+    assert calls and all(1 <= chunks <= stream_module.MAX_FORCED_CHUNKS and start >= chunks * TARGET_FRAMES
+                         for start, chunks in calls)
+
+
+def _batch():
+    episode = read_episode(SAMPLE_EPISODE)
+    windows = [make_window(episode, s, [s + 1], 2) for s in (10, 30)]
+    return [torch.stack([getattr(w, k) for w in windows]) for k in ("clean", "mosaic", "rays")]
+
+
+def test_null_memory_windows_lose_their_mosaic_too(monkeypatch):
+    """At NULL_CONTEXT 1 and NULL_MOSAIC 1 the network reads the experts' null memory: noise context, empty mosaic."""
+    clean, mosaic, rays = _batch()
+    seen = {}
+
+    class Spy(MosaicDiT):
+        def forward(self, sample, timesteps, mosaic, rays, *rest):
+            seen.update(timesteps=timesteps, mosaic=mosaic)
+            return super().forward(sample, timesteps, mosaic, rays, *rest)
+
+    model = Spy(hidden_size=32, depth=1, num_heads=1)
+    monkeypatch.setattr(loss_module, "NULL_CONTEXT", 1.0)
+    monkeypatch.setattr(loss_module, "NULL_MOSAIC", 1.0)
+    training_loss(model, training_schedule(), clean, mosaic, rays, torch.Generator().manual_seed(0))
+    assert (seen["timesteps"][:, :2] == 999).all() and float(seen["mosaic"].abs().sum()) == 0
+    monkeypatch.setattr(loss_module, "NULL_CONTEXT", 0.0)
+    monkeypatch.setattr(loss_module, "CONTEXT_NOISE", 1.0)
+    training_loss(model, training_schedule(), clean, mosaic, rays, torch.Generator().manual_seed(0))
+    context_t = seen["timesteps"][:, :2]
+    assert ((context_t >= 1) & (context_t <= loss_module.CONTEXT_NOISE_MAX_T)).all()
+    assert torch.equal(seen["mosaic"], mosaic)
+
+
+def test_covered_pixels_weigh_more_in_the_loss(monkeypatch):
+    """The same error costs COVERED_WEIGHT times more on a covered pixel than on a hole (normalised by the mean weight)."""
+    clean, mosaic, rays = _batch()
+    monkeypatch.setattr(loss_module, "DEPTH_WEIGHT", 0.0)
+    monkeypatch.setattr(loss_module, "NULL_CONTEXT", 0.0)
+
+    class Fixed(MosaicDiT):
+        def forward(self, sample, timesteps, mosaic, rays, *rest):
+            return clean + error
+
+    mosaic = mosaic.clone()
+    mosaic[:, 2:, 4] = 0
+    mosaic[:, 2:, 4, :32] = 1
+    error = torch.zeros_like(clean)
+    error[:, 2:, :3, :32] = 0.1
+    covered = training_loss(Fixed(hidden_size=32, depth=1, num_heads=1), training_schedule(), clean, mosaic, rays,
+                            torch.Generator().manual_seed(0))
+    error = torch.zeros_like(clean)
+    error[:, 2:, :3, 32:] = 0.1
+    hole = training_loss(Fixed(hidden_size=32, depth=1, num_heads=1), training_schedule(), clean, mosaic, rays,
+                         torch.Generator().manual_seed(0))
+    assert torch.isclose(covered / hole, torch.tensor(loss_module.COVERED_WEIGHT))
