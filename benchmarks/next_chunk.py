@@ -50,7 +50,9 @@ TARGETS = {"model_minus_repeat_last_psnr_min_db": 3.0, "model_minus_warp_only_ps
            "depth_absrel_max": 0.10}
 # "memory-maze==1.0.3 MemoryMaze-13x13 (...)", "miniworld==2.1.0 Maze(num_rows=6, num_cols=6, room_size=3)":
 # a versioned package, then the environment's class and its arguments
-SOURCE = re.compile(r"([A-Za-z][\w.-]*)==\S+\s+([A-Za-z]\w*)(.*)")
+SOURCE = re.compile(r"([A-Za-z][\w.-]*)==\S+\s+([A-Za-z][\w-]*)(.*)")
+# parts of a registered id that name no environment: a version ("-v0") or a size ("-13x13", read by SIZE)
+ID_NOISE = re.compile(r"v\d+|\d+x\d+")
 SIZE = (re.compile(r"-(\d+)x(\d+)\b"), re.compile(r"num_rows=(\d+),\s*num_cols=(\d+)"))
 
 
@@ -95,8 +97,10 @@ def environment_of(episode: Episode) -> str:
         return simulator_of(episode)
     package, name, arguments = match.groups()
     simulator = package.lower().replace("-", "_")
-    parts = [simulator] + ([] if name.lower() == simulator.replace("_", "") else [name.lower()])
-    size = SIZE[0].match(arguments) or SIZE[1].search(arguments)
+    # a registered id ("MiniWorld-FourRooms-v0") names the simulator, the environment and a version
+    names = [n.lower() for n in name.split("-") if n and not ID_NOISE.fullmatch(n)]
+    parts = [simulator] + [n for n in names if n != simulator.replace("_", "")]
+    size = SIZE[0].search(name + arguments) or SIZE[1].search(arguments)
     return " ".join(parts + ([f"{size[1]}x{size[2]}"] if size else []))
 
 

@@ -129,6 +129,8 @@ def test_rollout_speed_times_64_frames(untrained_model, tmp_path, monkeypatch):
     ("memory-maze==1.0.3 MemoryMaze-13x13 (target_color_in_image=False)", "memory_maze 13x13"),
     (MINIWORLD, "miniworld maze 6x6"),
     ("miniworld==2.1.0 FourRooms()", "miniworld fourrooms"),
+    ("miniworld==2.1.0 MiniWorld-FourRooms-v0", "miniworld fourrooms"),
+    ("miniworld==2.1.0 MiniWorld-WallGap-v0", "miniworld wallgap"),
     ("custom-sim==0.1 Room-5x7", "custom_sim room 5x7"),
     # no versioned package: the source without versions, as simulator_of names it
     ("synthetic corridor, seed 3", "synthetic corridor, seed 3"),
