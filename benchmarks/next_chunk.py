@@ -7,7 +7,8 @@ the model predicts the next 8 along the ground-truth cameras (``navigate`` with 
 depth as initial frames). Baselines on the same windows: the last context frame repeated, and the last
 context frame warped with its depth into each target camera (holes filled by the repeated frame).
 Writes OUT (top-level keys ``model_psnr``, ``repeat_last_psnr``, ``warp_only_psnr``, ``model_ssim``,
-``depth_absrel``, a per-simulator breakdown, a per-environment one (``by_environment``: model and warp-only
+``depth_absrel``, ``model_covered_psnr`` and ``warp_only_covered_psnr`` (over the pixels the warp covers),
+a per-simulator breakdown, a per-environment one (``by_environment``: model and warp-only
 PSNR and SSIM, their differences, depth AbsRel) with ``worst_environment_psnr_minus_warp``, the numbers the
 targets compare (``against_targets``), revisit-frame metrics and the depth AbsRel of each window) and a plot
 next to it (.png).
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from memory.world import rollout, world_model  # noqa: E402
 from memory.geometry.camera import CameraPath  # noqa: E402
 from memory.data.episode import Episode, read_episode, revisit_frames  # noqa: E402
-from memory.metrics import depth_absrel, machine_info, psnr, ssim  # noqa: E402
+from memory.metrics import depth_absrel, machine_info, masked_psnr, psnr, ssim  # noqa: E402
 from memory.world.mosaic import warp_frames  # noqa: E402
 
 # A sibling module: its folder is first on sys.path when this file runs as a script.
@@ -58,10 +59,11 @@ SIZE = (re.compile(r"-(\d+)x(\d+)\b"), re.compile(r"num_rows=(\d+),\s*num_cols=(
 
 @dataclass(frozen=True)
 class Prediction:
-    """One method's predicted targets of a window: rgb [8,H,W,3] 0..1, depth [8,H,W] metres."""
+    """One method's predicted targets of a window: rgb [8,H,W,3] 0..1, depth [8,H,W] metres; warp-only's ``covered`` [8,H,W]."""
 
     rgb: torch.Tensor
     depth: torch.Tensor
+    covered: torch.Tensor | None = None
 
 
 def navigate_default(name: str) -> int:
@@ -136,13 +138,20 @@ def predict_baselines(episode: Episode, start: int) -> dict[str, Prediction]:
     mosaic = warp_frames(rgb[:1], depth[:1], episode.c2w[last:last + 1], episode.K, targets)
     covered = mosaic.mask > 0
     return {"repeat_last": Prediction(rgb, depth),
-            "warp_only": Prediction(torch.where(covered[..., None], mosaic.rgb, rgb), torch.where(covered, mosaic.depth, depth))}
+            "warp_only": Prediction(torch.where(covered[..., None], mosaic.rgb, rgb), torch.where(covered, mosaic.depth, depth),
+                                    covered)}
 
 
 def frame_metrics(predictions: dict[str, Prediction], rgb: torch.Tensor, depth: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-target-frame PSNR, SSIM and depth AbsRel of every method vs ground truth rgb [8,H,W,3], depth [8,H,W]."""
-    out = {}
+    """Per-target-frame PSNR, SSIM and depth AbsRel of every method vs ground truth rgb [8,H,W,3], depth [8,H,W].
+
+    ``*_covered_psnr`` is the PSNR over the pixels the last context frame's warp covers: where geometry
+    alone is right, a model must not be worse than warp-only.
+    """
+    covered = predictions["warp_only"].covered
+    out = {"covered_share": covered.float().flatten(1).mean(1)}
     for name, pred in predictions.items():
+        out[f"{name}_covered_psnr"] = masked_psnr(pred.rgb, rgb, covered)
         out[f"{name}_psnr"] = psnr(pred.rgb, rgb)
         out[f"{name}_ssim"] = ssim(pred.rgb, rgb)
         out[f"{name}_depth_absrel"] = depth_absrel(pred.depth, depth)
@@ -168,6 +177,7 @@ def by_environment(per_frame: dict[str, torch.Tensor], environments: list[str]) 
                      "model_minus_warp_only_psnr": s["model_psnr"] - s["warp_only_psnr"],
                      "model_ssim": s["model_ssim"], "warp_only_ssim": s["warp_only_ssim"],
                      "model_minus_warp_only_ssim": s["model_ssim"] - s["warp_only_ssim"],
+                     "model_minus_warp_only_covered_psnr": s["model_covered_psnr"] - s["warp_only_covered_psnr"],
                      "depth_absrel": s["depth_absrel"], "frames": s["frames"]}
     return out
 

@@ -27,6 +27,17 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse.clamp_min(MIN_MSE))
 
 
+def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB [N] over the pixels where ``mask`` [N,H,W] is true (frames [N,H,W,3] in 0..1); nan for an empty mask."""
+    _check_pair(pred, target, 4, "masked_psnr")
+    if tuple(mask.shape) != tuple(pred.shape[:3]):
+        raise ValueError(f"masked_psnr: mask {tuple(mask.shape)} must be [N,H,W] of the frames {tuple(pred.shape)}.")
+    weight = mask.float()[..., None].expand_as(pred)
+    squared = (pred.float() - target.float()) ** 2 * weight
+    mse = squared.flatten(1).sum(1) / weight.flatten(1).sum(1)
+    return -10 * torch.log10(mse.clamp_min(MIN_MSE))
+
+
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean SSIM [N] (kornia, 11x11 Gaussian window) of each frame of ``pred`` vs ``target`` ([N,H,W,3] in 0..1)."""
     _check_pair(pred, target, 4, "ssim")

@@ -14,7 +14,7 @@ import torch
 
 from memory.world.backbones.mosaic_dit import MosaicDiT
 from memory.data.episode import SAMPLE_EPISODE, read_episode, write_episode
-from memory.metrics import depth_absrel, frame_grid, machine_info, psnr, ssim
+from memory.metrics import depth_absrel, frame_grid, machine_info, masked_psnr, psnr, ssim
 from memory.world.world_model import save_world_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +92,10 @@ def test_next_chunk_quick_writes_finite_metrics(untrained_model, tmp_path, monke
     # which is exactly the warp-only baseline on the first predicted frame.
     assert result["warp_only_psnr"] > result["repeat_last_psnr"]
     assert result["model_psnr_by_frames_ahead"][0] == pytest.approx(result["warp_only_psnr_by_frames_ahead"][0], abs=1e-3)
+    # on covered pixels warp-only is the warp itself, so it beats repeating the frame there too
+    assert 0 < result["covered_share"] <= 1 and result["warp_only_covered_psnr"] > result["repeat_last_covered_psnr"]
+    for row in environments.values():
+        assert math.isfinite(row["model_minus_warp_only_covered_psnr"])
     assert result["revisit"] is None or result["revisit"]["frames"] <= result["frames"]
     assert out.with_suffix(".png").stat().st_size > 1000
 
@@ -157,6 +161,20 @@ def test_psnr_matches_kornia_and_caps_identical_frames():
     assert values.shape == (3,)
     assert torch.allclose(values[1], kornia.metrics.psnr(a[1], b[1], 1.0), atol=1e-4)
     assert psnr(a, a).tolist() == pytest.approx([100.0] * 3)
+
+
+def test_masked_psnr_counts_only_masked_pixels():
+    torch.manual_seed(0)
+    a = torch.rand(2, 8, 8, 3)
+    b = a.clone()
+    b[:, :, 4:] = 0.5  # wrong only outside the mask
+    mask = torch.zeros(2, 8, 8, dtype=torch.bool)
+    mask[:, :, :4] = True
+    assert masked_psnr(b, a, mask).tolist() == pytest.approx([100.0] * 2)
+    assert torch.allclose(masked_psnr(b, a, ~mask), psnr(b[:, :, 4:], a[:, :, 4:]))
+    assert masked_psnr(b, a, torch.zeros_like(mask)).isnan().all()
+    with pytest.raises(ValueError, match="masked_psnr"):
+        masked_psnr(a, b, mask[:, :4])
 
 
 def test_ssim_is_one_for_identical_frames_and_lower_for_noise():
