@@ -31,10 +31,14 @@ def test_self_forced_frames_are_the_base_rollout_and_nothing_else_changes():
     untouched = torch.ones(len(episode), dtype=torch.bool)
     untouched[generated] = False
     assert torch.equal(forced.rgb[untouched], episode.rgb[untouched]) and torch.equal(forced.c2w, episode.c2w)
-    # the window's targets stay the true frames; its context is the generated frames
-    window = make_window(forced, start, [start + c - 1], c)
-    true_window = make_window(episode, start, [start + c - 1], c)
-    assert torch.equal(window.clean[c:], true_window.clean[c:]) and not torch.equal(window.clean[:c], true_window.clean[:c])
+    # a window after each chunk: context and mosaic from the generated frames, targets the true ones
+    for s in (start - TARGET_FRAMES, start):
+        window = make_window(forced, s, [s + c - 1], c, truth=episode)
+        true_window = make_window(episode, s, [s + c - 1], c)
+        assert torch.equal(window.clean[c:], true_window.clean[c:])
+        assert not torch.equal(window.clean[:c], true_window.clean[:c]) and not torch.equal(window.mosaic, true_window.mosaic)
+    assert not torch.equal(make_window(forced, start - TARGET_FRAMES, [start - 1], c).clean[c:],
+                           make_window(episode, start - TARGET_FRAMES, [start - 1], c).clean[c:])
 
 
 def test_stream_rolls_out_with_the_saved_checkpoint_and_follows_it(tmp_path, monkeypatch):

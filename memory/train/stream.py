@@ -14,9 +14,10 @@ from ..world.rollout import BASE_ONLY, rollout
 from ..world.world_model import WorldModel, load_world_model
 from .windows import DEPTH_UNKNOWN, TARGET_FRAMES, make_window, mosaic_sources
 
-# share of windows whose context frames and base mosaic are the model's own rollout (self-forcing): long walks
-# condition on generated frames, so training must too, or small errors compound into colour drift and blur
-SELF_FORCED = 0.5
+# share of draws whose windows read context frames and base mosaic from the model's own rollout (self-forcing;
+# with about two windows per rollout, half the windows): long walks condition on generated frames, so training
+# must too, or small errors compound into colour drift and blur
+SELF_FORCED = 0.35
 MAX_FORCED_CHUNKS = 3
 # windows between checks for a newer checkpoint to roll out with (the worker's copy lags training by this much)
 RELOAD_EVERY = 64
@@ -45,7 +46,8 @@ class WindowStream(torch.utils.data.IterableDataset):
     """An endless, seeded stream of random windows from a list of episodes.
 
     With a ``rollout_model`` folder (the run's checkpoint, reloaded as training saves it), a share
-    SELF_FORCED of the windows read context and base mosaic from the model's own rollout.
+    SELF_FORCED of the draws read context and base mosaic from the model's own rollout of 1 ..
+    MAX_FORCED_CHUNKS chunks, one window after each chunk; targets stay the true frames.
     """
 
     def __init__(self, episodes: list[Episode], context_frames: int, seed: int, rollout_model: Path | None = None):
@@ -82,10 +84,17 @@ class WindowStream(torch.utils.data.IterableDataset):
             depth_known = rng.random() > DEPTH_UNKNOWN
             chunks = min(MAX_FORCED_CHUNKS, start // TARGET_FRAMES)
             if model is not None and chunks and rng.random() < SELF_FORCED:
+                chunks = rng.randint(1, chunks)
                 with torch.inference_mode():
-                    episode = self_forced(model, episode, start, rng.randint(1, chunks), rng.randrange(MAX_SEED + 1))
-            window = make_window(episode, start, mosaic_sources(episode, start, c, rng), c, depth_known)
-            count += 1
-            if count % RELOAD_EVERY == 0:
-                model = self._model_for_rollouts()
-            yield window.clean, window.mosaic, window.rays
+                    generated = self_forced(model, episode, start, chunks, rng.randrange(MAX_SEED + 1))
+                # one rollout serves a window after each of its chunks: 1 .. chunks deep into the walk
+                starts = [start - k * TARGET_FRAMES for k in reversed(range(chunks))]
+                windows = [make_window(generated, s, mosaic_sources(generated, s, c, rng), c, depth_known, truth=episode)
+                           for s in starts]
+            else:
+                windows = [make_window(episode, start, mosaic_sources(episode, start, c, rng), c, depth_known)]
+            for window in windows:
+                count += 1
+                if count % RELOAD_EVERY == 0:
+                    model = self._model_for_rollouts()
+                yield window.clean, window.mosaic, window.rays

@@ -63,8 +63,11 @@ def mosaic_sources(episode: Frames, start: int, context_frames: int, rng: random
 
 
 def make_window(episode: Frames, start: int, sources: list[int], context_frames: int,
-                depth_known: bool = True) -> Window:
-    """The network inputs of frames ``start .. start+context+TARGET`` with mosaics warped from ``sources``."""
+                depth_known: bool = True, truth: Frames | None = None) -> Window:
+    """The network inputs of frames ``start .. start+context+TARGET`` with mosaics warped from ``sources``.
+
+    The clean targets come from ``truth`` when given (a self-forced episode's targets are the true frames).
+    """
     c = context_frames
     frames = slice(start, start + c + TARGET_FRAMES)
     rgb = episode.rgb[frames].float() / 255
@@ -75,5 +78,7 @@ def make_window(episode: Frames, start: int, sources: list[int], context_frames:
     if sources:
         warped = warped.fill_holes(rgb[c - 1], depth[c - 1])
     conditioning = build_conditioning(rgb[:c], depth[:c], c2w[:c], c2w[c:], episode.K, warped, depth_known)
-    clean = torch.cat([conditioning.context, encode_rgbd(rgb[c:], depth[c:])])
+    truth = episode if truth is None else truth
+    targets = slice(start + c, start + c + TARGET_FRAMES)
+    clean = torch.cat([conditioning.context, encode_rgbd(truth.rgb[targets].float() / 255, truth.depth[targets])])
     return Window(clean, conditioning.mosaic, conditioning.rays)
