@@ -14,6 +14,7 @@ from .experts import (
 from .lora import LoadEpisodicLoRA, SaveEpisodicLoRA, TrainEpisodicLoRA
 from .memory_files import LoadPatchMemory, PatchMemoryMap, PatchMemoryTo3D, SavePatchMemory
 from .patch_memory import BuildPatchMemory, MergePatchMemories, RenderPatchMemory
+from .poce_guider import PoCEGuiderExpert, PoCEGuiderNode
 from .world_model import LoadWorldModel, Navigate
 
 NODES: list[type[io.ComfyNode]] = [
@@ -43,6 +44,8 @@ NODES: list[type[io.ComfyNode]] = [
     TrainEpisodicLoRA,
     SaveEpisodicLoRA,
     LoadEpisodicLoRA,
+    PoCEGuiderExpert,
+    PoCEGuiderNode,
 ]
 
 

@@ -22,6 +22,7 @@ WorldModelType = io.Custom("COME_WORLD_MODEL")
 ExpertType = io.Custom("COME_EXPERT")
 CompositionType = io.Custom("COME_COMPOSITION")
 EpisodicLoRAType = io.Custom("COME_EPISODIC_LORA")
+GuiderExpertsType = io.Custom("COME_GUIDER_EXPERTS")
 
 CATEGORY = "CoME"
 T = TypeVar("T")

@@ -11,6 +11,8 @@ The backbone predicts the clean chunk x0, not ε. With x_t = √ᾱ x0 + √(1�
 with weights w is the same weighted sum of x0 plus (1 − Σ w) x_t / √ᾱ: exact, and free of the
 division by √(1−ᾱ) that ε needs. Where Σ w ≠ 1 (``poce`` with several experts, ``poe``) that term
 is what the ε form implies; it is large where ᾱ is small, and the benchmark shows what it costs.
+``mix_denoised`` is the same mixture for any x = s·x0 + σ·ε, such as ComfyUI's samplers (s = 1 for ε and
+v models, s = 1 − σ for flow matching), whose guiders return x0.
 """
 from __future__ import annotations
 
@@ -48,13 +50,25 @@ def weights(mode: str, alphas: Sequence[float]) -> tuple[list[float], list[float
     return [alphas[0]] + rest, [1 - alphas[0]] + rest
 
 
-def mix(terms: Sequence[tuple[float, torch.Tensor]], x_t: torch.Tensor, alpha_bar: float) -> torch.Tensor:
-    """The clean estimate of the ε mixture Σ w·ε(x0) given as (w, x0) pairs at noisy sample ``x_t`` with ᾱ_t = ``alpha_bar``."""
+def mix_denoised(terms: Sequence[tuple[float, torch.Tensor]], x: torch.Tensor,
+                 x0_scale: float | torch.Tensor) -> torch.Tensor:
+    """The clean estimate of the ε mixture Σ w·ε(x0) given as (w, x0) pairs at noisy ``x`` = x0_scale·x0 + σ·ε."""
+    # ε_k = (x − s·x0_k)/σ, so Σ w ε_k = (W·x − s·Σ w x0_k)/σ and x0 = (x − σ·Σ w ε_k)/s = Σ w x0_k + (1 − W)·x/s
     total = sum(w for w, _ in terms)
     out = sum(w * x0 for w, x0 in terms if w != 0)
     if abs(1 - total) > 1e-9:
-        out = out + (1 - total) * x_t / math.sqrt(alpha_bar)
+        vanishing = (x0_scale == 0).any() if isinstance(x0_scale, torch.Tensor) else x0_scale == 0
+        if vanishing:
+            raise ValueError(f"mode: the experts' weights sum to {total:g}, not 1, and the noisy sample holds no clean "
+                             "signal at this noise level (e.g. sigma 1 of a flow-matching model), so the composition "
+                             "has no clean estimate; use poce_normalized or single, or start the sigmas below it.")
+        out = out + (1 - total) * x / x0_scale
     return out
+
+
+def mix(terms: Sequence[tuple[float, torch.Tensor]], x_t: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+    """The clean estimate of the ε mixture Σ w·ε(x0) given as (w, x0) pairs at noisy sample ``x_t`` with ᾱ_t = ``alpha_bar``."""
+    return mix_denoised(terms, x_t, math.sqrt(alpha_bar))
 
 
 def compose(mode: str, alphas: Sequence[float], with_memory: Sequence[torch.Tensor],
