@@ -85,6 +85,22 @@ def test_splat_grids_closes_a_magnified_surface_that_a_plain_splat_leaves_open()
     assert float(open_.mask[4:28, 4:28].mean()) < 0.9
 
 
+def test_splat_grids_renders_several_views_in_one_pass_as_one_by_one():
+    torch.manual_seed(0)
+    depth = 2.0 + torch.rand(2, 32, 32)
+    depth[1, :8] = 0.0  # invalid pixels
+    grids = [lift_frame(d, K, camera(-1.0 + i)) for i, d in enumerate(depth)]
+    points, valid = torch.stack([g[0] for g in grids]), torch.stack([g[1] for g in grids])
+    colours, bias = torch.rand(2, 32, 32, 3), torch.rand(2, 32, 32)
+    targets = torch.stack([camera(x) for x in (-0.5, 0.0, 0.7)])
+    views = splat_grids(points, valid, colours, K, targets, 32, 24, z_bias=bias)
+    assert views.rgb.shape == (3, 32, 24, 3) and views.mask.shape == views.depth.shape == (3, 32, 24)
+    for i, target in enumerate(targets):
+        one = splat_grids(points, valid, colours, K, target, 32, 24, z_bias=bias)
+        assert torch.equal(views.rgb[i], one.rgb) and torch.equal(views.mask[i], one.mask)
+        assert torch.equal(views.depth[i], one.depth)
+
+
 def test_backward_warp_reproduces_a_view_from_a_shifted_one():
     depth = torch.full((32, 32), 3.0)
     image = torch.rand(32, 32, 3)

@@ -87,11 +87,23 @@ def splat_grids(
 
     Each point's square covers the gap to its grid neighbours as seen from the target, so surfaces
     magnified by the new view (closer, or seen face-on after a grazing source view) stay closed.
+    ``c2w`` [4,4] renders one view; [V,4,4] renders V views in one z-buffer pass, a Rendering of
+    [V,H,W,...] tensors equal to V single-view renderings.
     """
-    uv, z = project(points, K, c2w)
-    footprint = grid_footprint(uv, valid)
-    bias = None if z_bias is None else z_bias[valid]
-    return _splat_projected(uv[valid], z[valid], colors[valid], height, width, float("inf"), bias, footprint[valid])
+    if c2w.ndim == 2:
+        uv, z = project(points, K, c2w)
+        footprint = grid_footprint(uv, valid)
+        bias = None if z_bias is None else z_bias[valid]
+        return _splat_projected(uv[valid], z[valid], colors[valid], height, width, float("inf"), bias, footprint[valid])
+    parts = [project(points, K, pose) for pose in c2w]
+    uv = torch.cat([u[valid] for u, _ in parts])
+    z = torch.cat([d[valid] for _, d in parts])
+    footprint = torch.cat([grid_footprint(u, valid)[valid] for u, _ in parts])
+    count = int(valid.sum())
+    view = torch.arange(len(c2w)).repeat_interleave(count)
+    bias = None if z_bias is None else z_bias[valid].repeat(len(c2w))
+    return _splat_projected(uv, z, colors[valid].repeat(len(c2w), 1), height, width, float("inf"), bias, footprint,
+                            view, len(c2w))
 
 
 def grid_footprint(uv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -108,11 +120,17 @@ def grid_footprint(uv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 def _splat_projected(
     uv: torch.Tensor, z: torch.Tensor, colors: torch.Tensor, height: int, width: int, far: float,
-    z_bias: torch.Tensor | None, footprint: torch.Tensor | None,
+    z_bias: torch.Tensor | None, footprint: torch.Tensor | None, view: torch.Tensor | None = None,
+    views: int | None = None,
 ) -> Rendering:
-    """The z-buffered splat of :func:`splat` for points already projected to ``uv`` [N,2] at depth ``z`` [N]."""
+    """The z-buffered splat of :func:`splat` for points already projected to ``uv`` [N,2] at depth ``z`` [N].
+
+    With ``view`` [N] (which of ``views`` target views each point is projected into) the views share
+    one pass: each has its own stretch of the z-buffer, and the result has a leading view axis.
+    """
     keep = (z > NEAR) & (z < far) & torch.isfinite(uv).all(-1)
     uv, z, colors = uv[keep], z[keep], colors[keep]
+    view = torch.zeros(len(z), dtype=torch.long) if view is None else view[keep]
     handicap = torch.ones_like(z) if z_bias is None else 1 + z_bias[keep]
     sizes = torch.full_like(z, 2, dtype=torch.long) if footprint is None else footprint[keep]
     px_parts, zz_parts, src_parts = [torch.zeros(0, 2, dtype=torch.long)], [torch.zeros(0)], [torch.zeros(0, dtype=torch.long)]
@@ -129,16 +147,18 @@ def _splat_projected(
     px, zz, src = torch.cat(px_parts), torch.cat(zz_parts), torch.cat(src_parts)
     inside = (px[:, 0] >= 0) & (px[:, 0] < width) & (px[:, 1] >= 0) & (px[:, 1] < height)
     px, zz, src = px[inside], zz[inside], src[inside]
-    lin = px[:, 1] * width + px[:, 0]
-    zbuf = torch.full((height * width,), float("inf"), device=uv.device)
+    lin = view[src] * (height * width) + px[:, 1] * width + px[:, 0]
+    pixels = (views or 1) * height * width
+    zbuf = torch.full((pixels,), float("inf"), device=uv.device)
     zbuf.scatter_reduce_(0, lin, zz, reduce="amin")
     win = zz <= zbuf[lin]
-    rgb = torch.zeros(height * width, 3, device=uv.device)
+    rgb = torch.zeros(pixels, 3, device=uv.device)
     rgb[lin[win]] = colors[src[win]].float()
-    depth = torch.zeros(height * width, device=uv.device)
+    depth = torch.zeros(pixels, device=uv.device)
     depth[lin[win]] = z[src[win]]
     covered = torch.isfinite(zbuf)
-    return Rendering(rgb.reshape(height, width, 3), covered.float().reshape(height, width), depth.reshape(height, width))
+    shape = (height, width) if views is None else (views, height, width)
+    return Rendering(rgb.reshape(*shape, 3), covered.float().reshape(shape), depth.reshape(shape))
 
 
 def lift_frame(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

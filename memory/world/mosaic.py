@@ -66,12 +66,11 @@ def warp_frames(rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: to
     # footprints are not stretched by the parallax of the surfaces it borders.
     for grids, is_sky in ((surfaces, False), (skies, True)):
         for frame, (points, valid) in zip(rgb.flip(0).float(), grids):
-            if not bool(valid.any()):
+            if not bool(valid.any()) or not len(targets):
                 continue
-            for i, target in enumerate(targets):
-                view = splat_grids(points[None], valid[None], frame[None], K, target, height, width)
-                fill = (out.mask[i] <= 0) & (view.mask > 0)
-                out.rgb[i][fill] = view.rgb[fill]
-                out.depth[i][fill] = 0.0 if is_sky else view.depth[fill]
-                out.mask[i][fill] = 1.0
+            views = splat_grids(points[None], valid[None], frame[None], K, targets, height, width)
+            fill = (out.mask <= 0) & (views.mask > 0)
+            out.rgb[fill] = views.rgb[fill]
+            out.depth[fill] = 0.0 if is_sky else views.depth[fill]
+            out.mask[fill] = 1.0
     return out
