@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from safetensors.torch import save_file
 
 from memory.data.episode import SAMPLE_EPISODE, read_episode
 from memory.train import loss as loss_module
@@ -48,6 +49,8 @@ def test_stream_rolls_out_with_the_saved_checkpoint_and_follows_it(tmp_path, mon
     episode = read_episode(SAMPLE_EPISODE)
     torch.manual_seed(0)
     folder = save_world_model(MosaicDiT(hidden_size=32, depth=1, num_heads=1), tmp_path / "checkpoint")
+    # a training checkpoint also holds the optimizer's state; the rollout model is read from it all the same
+    save_file({"0.exp_avg": torch.zeros(3)}, str(folder / "optimizer.safetensors"))
     calls = []
     real = stream_module.self_forced
     monkeypatch.setattr(stream_module, "self_forced", lambda *a: calls.append(a[2:4]) or real(*a))

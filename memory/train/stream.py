@@ -11,7 +11,7 @@ from ..data.episode import Episode
 from ..geometry.camera import CameraPath
 from ..limits import MAX_SEED
 from ..world.rollout import BASE_ONLY, rollout
-from ..world.world_model import WorldModel, load_world_model
+from ..world.world_model import WEIGHTS_NAME, WorldModel, load_world_model
 from .windows import DEPTH_UNKNOWN, TARGET_FRAMES, make_window, mosaic_sources
 
 # share of draws whose windows read context frames and base mosaic from the model's own rollout (self-forcing;
@@ -61,7 +61,7 @@ class WindowStream(torch.utils.data.IterableDataset):
         """The newest saved weights (reloaded when the checkpoint changed), or None without a rollout model."""
         if self.rollout_model is None:
             return None
-        weights = self.rollout_model / "diffusion_pytorch_model.safetensors"
+        weights = self.rollout_model / f"{WEIGHTS_NAME}.safetensors"
         try:
             mtime = weights.stat().st_mtime
             if mtime != self._loaded_mtime:
@@ -69,7 +69,9 @@ class WindowStream(torch.utils.data.IterableDataset):
                 self._model.network.eval()
                 self._loaded_mtime = mtime
         except (OSError, ValueError):
-            pass  # the checkpoint is being swapped in: keep rolling out with the copy we have
+            if self._model is None:
+                raise
+            # the checkpoint is being swapped in: keep rolling out with the copy we have
         return self._model
 
     def __iter__(self):

@@ -23,6 +23,7 @@ CONFIG_RANGES: dict[str, tuple] = {
     "context_frames": (0, 64), "mosaic_frames": (0, 64),
 }
 SCHEDULE_FILE = "scheduler_config.json"
+WEIGHTS_NAME = "diffusion_pytorch_model"
 
 
 @dataclass(frozen=True)
@@ -139,10 +140,15 @@ def read_config(folder: Path) -> dict:
 
 
 def read_weights(folder: Path, expected: dict[str, tuple]) -> dict[str, torch.Tensor]:
-    """The tensors of every ``*.safetensors`` in ``folder``: exactly the ``expected`` names and shapes, float and finite."""
-    files = sorted(folder.glob("*.safetensors"))
+    """The tensors of the diffusers weights files in ``folder``: exactly the ``expected`` names and shapes, float and finite.
+
+    Only ``diffusion_pytorch_model*.safetensors`` (one file or shards) are weights, as for diffusers, so a
+    training checkpoint folder, which also holds the optimizer's state, loads as a model too.
+    """
+    files = sorted(folder.glob(f"{WEIGHTS_NAME}*.safetensors"))
     if not files:
-        raise ValueError(f"model: {folder} has no .safetensors weights (pickled .bin files are not loaded).")
+        raise ValueError(f"model: {folder} has no {WEIGHTS_NAME}*.safetensors weights (pickled .bin files are not "
+                         "loaded).")
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
         try:
