@@ -21,6 +21,7 @@ bins), ``targets``, ``against_targets``, settings, machine, wall seconds) and a 
 generated frames at the end of bins for the first episode of each environment, and each metric over the bins per
 environment.
 Targets (issue 10): histogram_intersection_mean >= 0.65, sharpness_ratio_median in [0.8, 1.25].
+Started by torchrun, the processes share out the episodes and rank 0 writes the files (the same figures).
 """
 from __future__ import annotations
 
@@ -38,12 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memory.data.episode import Episode, read_episode  # noqa: E402
 from memory.metrics import HISTOGRAM_BINS, histogram_intersection, machine_info, psnr, sharpness_ratio, ssim  # noqa: E402
+from memory.train.distributed import ONE_PROCESS, Ranks  # noqa: E402
 from memory.world import rollout  # noqa: E402
 from memory.world.world_model import WorldModel, load_world_model  # noqa: E402
 
 # Sibling modules: their folder is first on sys.path when this file runs as a script.
 import plots  # noqa: E402
-from next_chunk import episode_files, environment_of, navigate_default, resolve_model  # noqa: E402
+from next_chunk import episode_files, environment_of, navigate_default, resolve_model, run_sweep  # noqa: E402
 
 DEFAULT_BIN = 25
 METRICS = ("psnr", "ssim", "sharpness_ratio", "histogram_intersection", "true_histogram_intersection")
@@ -108,23 +110,41 @@ def meets(summary: dict) -> dict:
     return {**met, "all_met": all(met.values())}
 
 
-def run(folder: Path, model_folder: Path, size: int, steps: int, seed: int, max_frames: int | None) -> tuple[dict, list]:
-    """All measurements as a JSON-ready dict, and true and generated frames at the end of bins of each environment's first episode."""
+def sheet_episodes(episodes: list[Episode]) -> list[int]:
+    """The indices of the episodes the plot shows: the first of each environment, up to SHEET_EPISODES."""
+    first: dict[str, int] = {}
+    for i, episode in enumerate(episodes):
+        first.setdefault(environment_of(episode), i)
+    return list(first.values())[:SHEET_EPISODES]
+
+
+def run(folder: Path, model_folder: Path, size: int, steps: int, seed: int, max_frames: int | None,
+        ranks: Ranks = ONE_PROCESS) -> tuple[dict, list]:
+    """All measurements as a JSON-ready dict, and true and generated frames at the end of bins of each environment's first episode.
+
+    The episodes are dealt over ``ranks``.
+    """
     started = time.perf_counter()
     files = episode_files(folder)
     episodes = [read_episode(f) for f in files]
-    model = load_world_model(model_folder)
-    per_episode, shown = [], []
-    for i, (f, episode) in enumerate(zip(files, episodes)):
+    model = load_world_model(model_folder, device=ranks.device)
+    sheets = sheet_episodes(episodes)
+
+    def measure(i: int, f: Path) -> tuple[dict, dict | None]:
+        """Episode ``i``'s row of bins, and its sheet frames if the plot shows it."""
+        episode = episodes[i]
         stop = len(episode) if max_frames is None else min(len(episode), 1 + max_frames)
         tick = time.perf_counter()
         generated = generate(model, episode, stop, steps, seed + i)
         seconds = time.perf_counter() - tick
         bins = episode_bins(generated, episode, size)
-        per_episode.append({"file": str(f), "source": episode.source, "environment": environment_of(episode),
-                            "frames": len(generated), "seconds": seconds, "bins": bins})
-        if len(shown) < SHEET_EPISODES and all(s["environment"] != per_episode[-1]["environment"] for s in shown):
-            shown.append(sheet_frames(f, episode, generated, bins))
+        row = {"file": str(f), "source": episode.source, "environment": environment_of(episode),
+               "frames": len(generated), "seconds": seconds, "bins": bins}
+        return row, sheet_frames(f, episode, generated, bins) if i in sheets else None
+
+    measured = ranks.deal(files, measure)
+    per_episode = [row for row, _ in measured]
+    shown = [sheet for _, sheet in measured if sheet is not None]
     rows = [r for e in per_episode for r in e["bins"]]
     environments = sorted({e["environment"] for e in per_episode})
     by_environment = {}
@@ -150,6 +170,7 @@ def run(folder: Path, model_folder: Path, size: int, steps: int, seed: int, max_
                         "intersection = sum of the elementwise minimum; episode i uses seed + i",
         "generation_seconds": sum(e["seconds"] for e in per_episode),
         "machine": machine_info(),
+        "processes": ranks.world_size,
     }
     result["wall_seconds"] = time.perf_counter() - started
     return result, shown
@@ -220,13 +241,10 @@ def main() -> None:
         parser.error(f"--episodes: {args.episodes} is not a folder")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    try:
-        result, shown = run(args.episodes, resolve_model(args.model), args.bin, args.steps, args.seed, args.max_frames)
-    except ValueError as err:
-        parser.error(str(err))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    plot(result, shown, args.json.with_suffix(".png"))
+    result = run_sweep(parser, args.json, lambda ranks: run(args.episodes, resolve_model(args.model), args.bin,
+                                                            args.steps, args.seed, args.max_frames, ranks), plot)
+    if result is None:
+        return
     print(json.dumps({k: result[k] for k in ("histogram_intersection_mean", "true_histogram_intersection_mean",
                                              "sharpness_ratio_median", "psnr_mean", "ssim_mean", "wall_seconds")}))
     print(json.dumps({name: {k: round(v, 3) for k, v in s.items() if k.endswith(("_mean", "_median"))}

@@ -14,6 +14,7 @@ targets compare (``against_targets``), revisit-frame metrics and the depth AbsRe
 next to it (.png).
 Targets (issue 4, tightened by issue 10): model_psnr >= repeat_last_psnr + 3 dB, model_psnr >= warp_only_psnr
 + 1.0 dB, model_ssim >= warp_only_ssim, no environment more than 0.3 dB below warp-only, depth_absrel <= 0.10.
+Started by torchrun, the processes share out the windows and rank 0 writes the files (the same figures).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from memory.world import rollout, world_model  # noqa: E402
 from memory.geometry.camera import CameraPath  # noqa: E402
 from memory.data.episode import Episode, read_episode, revisit_frames  # noqa: E402
 from memory.metrics import depth_absrel, machine_info, masked_psnr, psnr, ssim  # noqa: E402
+from memory.train.distributed import ONE_PROCESS, Ranks, joined  # noqa: E402
 from memory.world.mosaic import warp_frames  # noqa: E402
 
 # A sibling module: its folder is first on sys.path when this file runs as a script.
@@ -207,32 +210,62 @@ def episode_files(folder: Path) -> list[Path]:
     return files
 
 
-def run(folder: Path, model_folder: Path, windows: int, steps: int, seed: int) -> tuple[dict, dict]:
-    """All measurements as a JSON-ready dict, and the frames of one window for the plot."""
+def run_sweep(parser: argparse.ArgumentParser, out: Path, run: Callable[[Ranks], tuple[dict, object]],
+              plot: Callable[[dict, object, Path], None]) -> dict | None:
+    """``run`` as this process of a torchrun job (or alone), a ValueError a usage error; rank 0 writes ``out`` and its plot.
+
+    Returns the result on rank 0 and None on the others, which only measured their share.
+    """
+    with joined() as ranks:
+        try:
+            result, shown = run(ranks)
+        except ValueError as err:
+            parser.error(str(err))
+    if not ranks.main:
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    plot(result, shown, out.with_suffix(".png"))
+    return result
+
+
+def measure_window(model: world_model.WorldModel, episode: Episode, start: int, steps: int, seed: int,
+                   keep_frames: bool) -> dict:
+    """One window's per-frame metrics of every method and its seconds; with ``keep_frames`` its frames for the plot too."""
+    tick = time.perf_counter()
+    predictions = {"model": predict_model(model, episode, start, steps, seed), **predict_baselines(episode, start)}
+    seconds = time.perf_counter() - tick
+    truth = slice(start + CONTEXT, start + CONTEXT + PREDICT)
+    frames = {"context": episode.rgb[start:start + CONTEXT].float() / 255, "truth": episode.rgb[truth].float() / 255,
+              **{name: p.rgb for name, p in predictions.items()}} if keep_frames else None
+    return {"metrics": frame_metrics(predictions, episode.rgb[truth].float() / 255, episode.depth[truth]),
+            "seconds": seconds, "frames": frames}
+
+
+def run(folder: Path, model_folder: Path, windows: int, steps: int, seed: int,
+        ranks: Ranks = ONE_PROCESS) -> tuple[dict, dict]:
+    """All measurements as a JSON-ready dict, and the frames of one window for the plot; the windows dealt over ``ranks``."""
     started = time.perf_counter()
     files = episode_files(folder)
     episodes = [read_episode(f) for f in files]
-    model = world_model.load_world_model(model_folder)
+    model = world_model.load_world_model(model_folder, device=ranks.device)
     starts = window_starts([len(e) for e in episodes], windows)
+    middle = len(starts) // 2
+    measured = ranks.deal(starts, lambda w, window: measure_window(model, episodes[window[0]], window[1], steps,
+                                                                   seed + w, w == middle))
     rows: dict[str, list[torch.Tensor]] = {}
-    sims, environments, revisit, offset, window_seconds = [], [], [], [], []
-    shown = {}
-    for w, (i, start) in enumerate(starts):
+    sims, environments, revisit, offset = [], [], [], []
+    for (i, start), window in zip(starts, measured):
         episode = episodes[i]
-        tick = time.perf_counter()
-        predictions = {"model": predict_model(model, episode, start, steps, seed + w), **predict_baselines(episode, start)}
-        window_seconds.append(time.perf_counter() - tick)
-        truth = slice(start + CONTEXT, start + CONTEXT + PREDICT)
-        for key, values in frame_metrics(predictions, episode.rgb[truth].float() / 255, episode.depth[truth]).items():
+        for key, values in window["metrics"].items():
             rows.setdefault(key, []).append(values)
         revisits = set(revisit_frames(episode))
-        revisit += [t in revisits for t in range(truth.start, truth.stop)]
+        revisit += [t in revisits for t in range(start + CONTEXT, start + CONTEXT + PREDICT)]
         sims += [simulator_of(episode)] * PREDICT
         environments += [environment_of(episode)] * PREDICT
         offset += list(range(1, PREDICT + 1))
-        if w == len(starts) // 2:
-            shown = {"context": episode.rgb[start:start + CONTEXT].float() / 255, "truth": episode.rgb[truth].float() / 255,
-                     **{name: p.rgb for name, p in predictions.items()}, "file": str(files[i]), "start": start}
+    shown = {**measured[middle]["frames"], "file": str(files[starts[middle][0]]), "start": starts[middle][1]}
+    window_seconds = [window["seconds"] for window in measured]
     per_frame = {key: torch.cat(values) for key, values in rows.items()}
     everything = torch.ones(len(sims), dtype=torch.bool)
     result = summarise(per_frame, everything)
@@ -270,6 +303,7 @@ def run(folder: Path, model_folder: Path, windows: int, steps: int, seed: int) -
                         "(kornia, 11x11 window) and depth AbsRel (mean |pred - gt| / gt over pixels with gt > 0)",
         "seconds_per_window_mean": sum(window_seconds) / len(window_seconds),
         "machine": machine_info(),
+        "processes": ranks.world_size,
         "wall_seconds": time.perf_counter() - started,
     })
     result["against_targets"] = against_targets(result)
@@ -316,13 +350,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if not args.episodes.is_dir():
         parser.error(f"--episodes: {args.episodes} is not a folder")
-    try:
-        result, shown = run(args.episodes, resolve_model(args.model), windows, steps, args.seed)
-    except ValueError as err:
-        parser.error(str(err))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    plot(result, shown, args.json.with_suffix(".png"))
+    result = run_sweep(parser, args.json,
+                       lambda ranks: run(args.episodes, resolve_model(args.model), windows, steps, args.seed, ranks), plot)
+    if result is None:
+        return
     print(json.dumps({k: result[k] for k in ("model_psnr", "repeat_last_psnr", "warp_only_psnr", "model_ssim",
                                              "depth_absrel", "worst_environment_psnr_minus_warp", "windows",
                                              "wall_seconds")}))

@@ -24,6 +24,7 @@ One LoRA and one patch memory per episode, shared by every method that reads the
 seconds per method, machine) and a plot next to it (.png).
 Targets (issue 9): come ≥ base + 4 dB and within 1.5 dB of oracle on revisit frames; every single
 expert and poe below come.
+Started by torchrun, the processes share out the episodes and rank 0 writes the files (the same figures).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from memory.data.episode import Episode, read_episode, revisit_frames  # noqa: E402
 from memory.metrics import machine_info, psnr, ssim  # noqa: E402
 from memory.patch_memory import PatchMemory, insert_frames, render_path  # noqa: E402
+from memory.train.distributed import ONE_PROCESS, Ranks  # noqa: E402
 from memory.world import lora as episodic  # noqa: E402
 from memory.world import rollout as rollouts  # noqa: E402
 from memory.world.experts import DEFAULT_STM_FRAMES, Composition, LongTermExpert, ShortTermExpert, SpatialExpert  # noqa: E402
@@ -52,7 +54,7 @@ from memory.world.world_model import WorldModel, load_world_model  # noqa: E402
 
 # Sibling modules: their folder is first on sys.path when this file runs as a script.
 import plots  # noqa: E402
-from next_chunk import episode_files, resolve_model, simulator_of  # noqa: E402
+from next_chunk import episode_files, resolve_model, run_sweep, simulator_of  # noqa: E402
 
 MEMORY_EXPERTS = ("stm", "spatial", "ltm")
 # method -> (experts, PoCE mode); "base" is rollouts.BASE_ONLY and "oracle" runs no network
@@ -209,36 +211,45 @@ def episode_row(s: dict) -> dict:
     return {**summarise([s]), "frames": len(s["psnr"]), "revisit_frames": int(s["revisit"].sum())}
 
 
-def run(folder: Path, model_folder: Path, methods: list[str], settings: Settings) -> tuple[dict, dict]:
-    """All measurements as a JSON-ready dict, and the first episode's revisit frames for the plot."""
+def measure(model: WorldModel, methods: list[str], settings: Settings, i: int, file: Path, e: Episode) -> dict:
+    """Episode ``i``'s JSON row, each method's per-frame scores and generation seconds, for episode 0 the plot's frames."""
+    shared = Shared(e, model, settings)
+    truth = e.rgb[e.context_frames:shared.stop].float() / 255
+    revisits = set(revisit_frames(e))
+    revisit = torch.tensor([t in revisits for t in range(e.context_frames, shared.stop)])
+    row = {"file": str(file), "source": e.source, "frames": len(truth), "revisit_frames": int(revisit.sum()),
+           "methods": {}}
+    outputs, scores, seconds = {}, {}, {}
+    for method in methods:
+        prepare(method, shared)
+        tick = time.perf_counter()
+        outputs[method] = generate(method, shared, settings.seed + i)
+        seconds[method] = time.perf_counter() - tick
+        scores[method] = score(outputs[method], truth, revisit)
+        row["methods"][method] = episode_row(scores[method])
+    row["shared"] = dict(shared.info)
+    shown = None
+    if i == 0:
+        # only the frames the plot shows: the rest of a long walk's frames need not travel between processes
+        picks = pick_frames(revisit)
+        shown = {"truth": truth[picks], "file": str(file), "frames": [e.context_frames + int(p) for p in picks],
+                 **{m: frames[picks] for m, frames in outputs.items()}}
+    return {"row": row, "scores": scores, "seconds": seconds, "shown": shown}
+
+
+def run(folder: Path, model_folder: Path, methods: list[str], settings: Settings,
+        ranks: Ranks = ONE_PROCESS) -> tuple[dict, dict]:
+    """All measurements as a JSON-ready dict, and the first episode's revisit frames for the plot; episodes dealt over ``ranks``."""
     started = time.perf_counter()
     files = episode_files(folder)
-    model = load_world_model(model_folder)
+    model = load_world_model(model_folder, device=ranks.device)
     episodes = [read_episode(f) for f in files]
     for f, e in zip(files, episodes):
         check_episode(e, f, model, settings)
-    scores = {m: [] for m in methods}
-    seconds = dict.fromkeys(methods, 0.0)
-    per_episode, shown = [], {}
-    for i, (f, e) in enumerate(zip(files, episodes)):
-        shared = Shared(e, model, settings)
-        truth = e.rgb[e.context_frames:shared.stop].float() / 255
-        revisits = set(revisit_frames(e))
-        revisit = torch.tensor([t in revisits for t in range(e.context_frames, shared.stop)])
-        row = {"file": str(f), "source": e.source, "frames": len(truth), "revisit_frames": int(revisit.sum()),
-               "methods": {}}
-        outputs = {}
-        for method in methods:
-            prepare(method, shared)
-            tick = time.perf_counter()
-            outputs[method] = generate(method, shared, settings.seed + i)
-            seconds[method] += time.perf_counter() - tick
-            scores[method].append(score(outputs[method], truth, revisit))
-            row["methods"][method] = episode_row(scores[method][-1])
-        row["shared"] = dict(shared.info)
-        per_episode.append(row)
-        if i == 0:
-            shown = {"truth": truth, "revisit": revisit, "file": str(f), "start": e.context_frames, **outputs}
+    measured = ranks.deal(files, lambda i, f: measure(model, methods, settings, i, f, episodes[i]))
+    scores = {m: [episode["scores"][m] for episode in measured] for m in methods}
+    seconds = {m: sum(episode["seconds"][m] for episode in measured) for m in methods}
+    per_episode, shown = [episode["row"] for episode in measured], measured[0]["shown"]
     result = {
         "methods": {m: {**summarise(scores[m]), "seconds": seconds[m]} for m in methods},
         "targets": TARGETS,
@@ -257,6 +268,7 @@ def run(folder: Path, model_folder: Path, methods: list[str], settings: Settings
                         "patch-memory building are in shared_seconds",
         "model": str(model_folder),
         "machine": machine_info(),
+        "processes": ranks.world_size,
     }
     result["wall_seconds"] = time.perf_counter() - started
     return result, shown
@@ -311,11 +323,10 @@ def plot(result: dict, shown: dict, path: Path) -> None:
         ax.set_ylabel("PSNR (dB)")
         ax.set_title(f"{title} ({result['revisit_frames' if key == 'psnr_revisit' else 'frames']} frames)", fontsize=9)
         ax.tick_params(axis="x", labelrotation=45, labelsize=8)
-    picks = pick_frames(shown["revisit"])
     rows = ["truth", *methods]
     ax = sheet_ax.subplots()
-    plots.show_frames(ax, torch.cat([shown[r][picks] for r in rows]), len(picks),
-                      f"{Path(shown['file']).name}: generated frames {[shown['start'] + int(p) for p in picks]}")
+    plots.show_frames(ax, torch.cat([shown[r] for r in rows]), len(shown["frames"]),
+                      f"{Path(shown['file']).name}: generated frames {shown['frames']}")
     h = shown["truth"].shape[1] + plots.GAP
     ax.set_yticks([r * h + h / 2 for r in range(len(rows))], rows, fontsize=8)
     plots.save(fig, path)
@@ -363,12 +374,12 @@ def main() -> None:
         if not args.episodes.is_dir():
             raise ValueError(f"--episodes: {args.episodes} is not a folder")
         torch.set_num_threads(args.threads)
-        result, shown = run(args.episodes, resolve_model(args.model), methods, settings)
     except ValueError as err:
         parser.error(str(err))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    plot(result, shown, args.json.with_suffix(".png"))
+    result = run_sweep(parser, args.json,
+                       lambda ranks: run(args.episodes, resolve_model(args.model), methods, settings, ranks), plot)
+    if result is None:
+        return
     print(json.dumps(result["methods"]))
     print(json.dumps({"wall_seconds": result["wall_seconds"], **result["shared_seconds"]}))
 

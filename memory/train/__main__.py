@@ -1,4 +1,4 @@
-"""`python -m memory.train --data DIR --out DIR`: train (or resume) the embedded world model."""
+"""`python -m memory.train --data DIR --out DIR`: train (or resume) the embedded world model (data-parallel under torchrun)."""
 from __future__ import annotations
 
 import argparse
@@ -19,11 +19,14 @@ def main() -> None:
                         help="model folder to start a new run from (default: random weights); ignored when resuming")
     parser.add_argument("--no-self-forcing", action="store_true",
                         help="train on true frames only (no windows conditioned on the model's own rollout)")
+    parser.add_argument("--shards", type=int, default=None,
+                        help="draw the global batch (--batch-size) as this many seeded shards, a multiple of the "
+                             "processes (default: one per process); 1 process with --shards N repeats an N-process run")
     args = parser.parse_args()
     train(TrainConfig(data=args.data, out=args.out, steps=args.steps, minutes=args.minutes,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, save_every=args.save_every,
                       threads=args.threads, workers=args.workers,
-                      init=args.init, self_forcing=not args.no_self_forcing))
+                      init=args.init, self_forcing=not args.no_self_forcing, shards=args.shards))
 
 
 if __name__ == "__main__":

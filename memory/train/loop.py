@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from ..world.backbones.mosaic_dit import MosaicDiT, training_schedule
 from ..world.world_model import save_world_model
+from .distributed import Ranks, joined
 from .loss import training_loss
 from .stream import WindowStream
 from .windows import load_episodes
@@ -37,6 +38,9 @@ class TrainConfig:
     workers: int = 1
     init: Path | None = None
     self_forcing: bool = True
+    # the global batch is drawn as this many equal shards, each from its own seeded window stream (default: one
+    # per process); the same shards give the same run on any number of processes that divides them
+    shards: int | None = None
 
 
 def save_checkpoint(model: MosaicDiT, scheduler: DDPMScheduler, optimizer: torch.optim.Optimizer, step: int,
@@ -73,48 +77,99 @@ def load_checkpoint(folder: Path, optimizer: torch.optim.Optimizer) -> int:
     return int(meta["step"])
 
 
+def shard_seed(config: TrainConfig, step: int, shard: int) -> int:
+    """The seed of one shard's window stream when a run (re)starts at ``step``; shard 0's is that of a one-process run."""
+    # shards apart by far more steps than a run takes, so no two streams of a run share a seed
+    return config.seed * 100003 + step + shard * 10**9
+
+
+def check_shards(config: TrainConfig, ranks: Ranks) -> int:
+    """The shards of the global batch: ``config.shards`` (default one per process), checked against processes and batch."""
+    shards = ranks.world_size if config.shards is None else config.shards
+    if shards < 1 or shards % ranks.world_size:
+        raise ValueError(f"shards: {shards} shards cannot be split evenly over {ranks.world_size} processes; "
+                         "give a multiple of the number of processes.")
+    if config.batch_size % shards:
+        raise ValueError(f"batch_size: the global batch of {config.batch_size} windows cannot be split into "
+                         f"{shards} equal shards (one per process by default); give a multiple of {shards}.")
+    return shards
+
+
 def train(config: TrainConfig) -> Path:
-    """Train (or resume) until ``steps`` or ``minutes``; returns the checkpoint folder (a diffusers model folder)."""
+    """Train (or resume) until ``steps`` or ``minutes``; returns the checkpoint folder (a diffusers model folder).
+
+    Started by torchrun, every process trains on its shards of each global batch, the gradients averaged
+    (DistributedDataParallel); only rank 0 writes the checkpoint and loss.jsonl.
+    """
+    with joined() as ranks:
+        return _train(config, ranks)
+
+
+def _train(config: TrainConfig, ranks: Ranks) -> Path:
+    """:func:`train` as one of the processes ``ranks`` describes."""
+    shards = check_shards(config, ranks)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     config.out.mkdir(parents=True, exist_ok=True)
     checkpoint = config.out / "checkpoint"
-    start = checkpoint if checkpoint.exists() else config.init
+    resuming = checkpoint.exists()
+    start = checkpoint if resuming else config.init
     model = MosaicDiT.from_pretrained(start) if start is not None else MosaicDiT()
+    model.to(ranks.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
-    step = load_checkpoint(checkpoint, optimizer) if checkpoint.exists() else 0
+    step = load_checkpoint(checkpoint, optimizer) if resuming else 0
     # the schedule is chosen once, when a run starts, and travels with every checkpoint from then on
     scheduler = DDPMScheduler.from_pretrained(start) if start is not None else training_schedule(
         model.config.num_train_timesteps)
+    ranks.barrier()  # every process has read the checkpoint before rank 0 writes one
+    log = (config.out / "loss.jsonl").open("a") if ranks.main else None
+
+    def save() -> None:
+        """Rank 0 writes the log so far and the checkpoint; the others wait, so every rollout worker reads it next."""
+        if ranks.main:
+            log.flush()
+            save_checkpoint(model, scheduler, optimizer, step, checkpoint)
+        ranks.barrier()
+
+    if not resuming:
+        save()  # what the workers' first rollouts read
     if not checkpoint.exists():
-        save_checkpoint(model, scheduler, optimizer, step, checkpoint)  # what the workers' first rollouts read
-    stream = WindowStream(load_episodes(config.data), model.config.context_frames, seed=config.seed * 100003 + step,
-                          rollout_model=checkpoint if config.self_forcing else None)
-    loader = torch.utils.data.DataLoader(stream, batch_size=config.batch_size, num_workers=config.workers)
+        raise ValueError(f"out: process {ranks.rank} does not see the checkpoint rank 0 wrote under {config.out}; "
+                         "on several machines the run folder must be one they all share.")
+    episodes = load_episodes(config.data)
+    mine = range(ranks.rank * shards // ranks.world_size, (ranks.rank + 1) * shards // ranks.world_size)
+    loaders = [torch.utils.data.DataLoader(
+        WindowStream(episodes, model.config.context_frames, seed=shard_seed(config, step, shard),
+                     rollout_model=checkpoint if config.self_forcing else None),
+        batch_size=config.batch_size // shards, num_workers=config.workers) for shard in mine]
+    # the same draws on every process (each keeps its rows of the batch): they do not depend on the processes
     generator = torch.Generator().manual_seed(config.seed * 7919 + step)
-    log = (config.out / "loss.jsonl").open("a")
+    trained = ranks.parallel(model)
     deadline = time.monotonic() + config.minutes * 60
-    bar = tqdm(total=config.steps, initial=step, desc="train", unit="step")
+    bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not ranks.main)
     model.train()
-    for clean, mosaic, rays in loader:
-        if step >= config.steps or time.monotonic() > deadline:
+    for batches in zip(*loaders):
+        if step >= config.steps or ranks.any(time.monotonic() > deadline):
             break
+        clean, mosaic, rays = (torch.cat(parts).to(ranks.device) for parts in zip(*batches))
         for group in optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup)
-        loss = training_loss(model, scheduler, clean, mosaic, rays, generator)
+        loss = training_loss(trained, scheduler, clean, mosaic, rays, generator, ranks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
+        logged = ranks.mean(loss.detach()).item()  # the whole batch's loss
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        log.write(json.dumps({"step": step, "loss": loss.item(), "time": time.time()}) + "\n")
+        bar.set_postfix(loss=f"{logged:.4f}")
+        if ranks.main:
+            log.write(json.dumps({"step": step, "loss": logged, "time": time.time()}) + "\n")
         if step % config.save_every == 0:
-            log.flush()
-            save_checkpoint(model, scheduler, optimizer, step, checkpoint)
-    save_checkpoint(model, scheduler, optimizer, step, checkpoint)
-    log.close()
+            save()
+    save()
+    if ranks.main:
+        log.close()
     bar.close()
     return checkpoint

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import torch
 from diffusers import DDPMScheduler
+from torch.nn.parallel import DistributedDataParallel
 
 from ..world.backbones.mosaic_dit import MosaicDiT
 from ..world.rgbd import depth_loss
+from .distributed import ONE_PROCESS, Ranks
 
 NULL_CONTEXT = 0.2
 # of the null-context windows, the share whose mosaic is removed too: the experts' null memory ("nothing
@@ -24,33 +26,45 @@ LAST_TIMESTEP_SHARE = 0.5
 DEPTH_WEIGHT = 0.5
 
 
-def training_loss(model: MosaicDiT, scheduler: DDPMScheduler, clean: torch.Tensor, mosaic: torch.Tensor,
-                  rays: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def training_loss(model: MosaicDiT | DistributedDataParallel, scheduler: DDPMScheduler, clean: torch.Tensor,
+                  mosaic: torch.Tensor, rays: torch.Tensor, generator: torch.Generator,
+                  ranks: Ranks = ONE_PROCESS) -> torch.Tensor:
     """Coverage-weighted MSE of the predicted clean target colours plus their relative depth error.
 
     Context frames are clean, slightly noised (CONTEXT_NOISE), or pure noise at rate NULL_CONTEXT, and
-    then often without a mosaic as well (the null memory).
+    then often without a mosaic as well (the null memory). Under data parallelism the windows are this
+    process's rows of a global batch split evenly over ``ranks``; the loss averaged over the processes
+    is then the one process's loss of the whole batch.
     """
+    network = model.module if isinstance(model, DistributedDataParallel) else model
     b, f = clean.shape[:2]
-    c = model.config.context_frames
+    total, rows = b * ranks.world_size, slice(ranks.rank * b, (ranks.rank + 1) * b)
+
+    def draw(values: torch.Tensor) -> torch.Tensor:
+        """This process's rows of draws made for the whole batch: a window's noise must not depend on who trains it."""
+        return values[rows].to(clean.device)
+
+    c = network.config.context_frames
     top = scheduler.config.num_train_timesteps - 1
-    uniform = torch.randint(0, top + 1, (b, 1), generator=generator)
+    uniform = draw(torch.randint(0, top + 1, (total, 1), generator=generator))
     # half the samples at the last timestep: few-step sampling starts there, and it is the pure regression
     # from mosaic and context whose mean maximises PSNR
-    last = torch.rand(b, 1, generator=generator) < LAST_TIMESTEP_SHARE
+    last = draw(torch.rand(total, 1, generator=generator) < LAST_TIMESTEP_SHARE)
     t_target = torch.where(last, top, uniform).expand(b, f - c)
-    null = torch.rand(b, 1, generator=generator) < NULL_CONTEXT
-    light = torch.randint(1, CONTEXT_NOISE_MAX_T + 1, (b, 1), generator=generator)
-    noised = torch.rand(b, 1, generator=generator) < CONTEXT_NOISE
+    null = draw(torch.rand(total, 1, generator=generator) < NULL_CONTEXT)
+    light = draw(torch.randint(1, CONTEXT_NOISE_MAX_T + 1, (total, 1), generator=generator))
+    noised = draw(torch.rand(total, 1, generator=generator) < CONTEXT_NOISE)
     t_context = torch.where(null, top, torch.where(noised, light, 0)).expand(b, c)
-    no_mosaic = null[:, 0] & (torch.rand(b, generator=generator) < NULL_MOSAIC)
+    no_mosaic = null[:, 0] & draw(torch.rand(total, generator=generator) < NULL_MOSAIC)
     # the empty mosaic's channels are all zero (Mosaic.empty().channels())
     mosaic = torch.where(no_mosaic[:, None, None, None, None], torch.zeros_like(mosaic), mosaic)
     timesteps = torch.cat([t_context, t_target], 1)
-    noise = torch.randn(clean.shape, generator=generator)
+    noise = draw(torch.randn((total, *clean.shape[1:]), generator=generator))
     noisy = scheduler.add_noise(clean.flatten(0, 1), noise.flatten(0, 1), timesteps.flatten()).view_as(clean)
     noisy = torch.where((timesteps == 0)[:, :, None, None, None], clean, noisy)
     pred = model(noisy, timesteps, mosaic, rays)
     error = pred[:, c:, :3] - clean[:, c:, :3]
     weight = 1 + (COVERED_WEIGHT - 1) * mosaic[:, c:, 4:5]
-    return (weight * error.pow(2)).mean() / weight.mean() + DEPTH_WEIGHT * depth_loss(pred[:, c:, 3], clean[:, c:, 3]).mean()
+    # normalised by the whole batch's mean weight, so that the processes' losses average to the whole batch's
+    return ((weight * error.pow(2)).mean() / ranks.mean(weight.mean())
+            + DEPTH_WEIGHT * depth_loss(pred[:, c:, 3], clean[:, c:, 3]).mean())
