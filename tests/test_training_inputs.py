@@ -55,6 +55,7 @@ def test_stream_rolls_out_with_the_saved_checkpoint_and_follows_it(tmp_path, mon
     real = stream_module.self_forced
     monkeypatch.setattr(stream_module, "self_forced", lambda *a: calls.append(a[2:4]) or real(*a))
     monkeypatch.setattr(stream_module, "SELF_FORCED", 1.0)
+    monkeypatch.setattr(stream_module, "SHUFFLE_BUFFER", 4)
     plain = iter(WindowStream([episode], 2, seed=1))
     for _ in range(3):
         next(plain)

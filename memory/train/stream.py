@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,13 +13,16 @@ from ..geometry.camera import CameraPath
 from ..limits import MAX_SEED
 from ..world.rollout import BASE_ONLY, rollout
 from ..world.world_model import WEIGHTS_NAME, WorldModel, load_world_model
-from .windows import DEPTH_UNKNOWN, TARGET_FRAMES, make_window, mosaic_sources
+from .windows import DEPTH_UNKNOWN, TARGET_FRAMES, Window, make_window, mosaic_sources
 
 # share of draws whose windows read context frames and base mosaic from the model's own rollout (self-forcing;
-# with about two windows per rollout, half the windows): long walks condition on generated frames, so training
+# with several windows per rollout, about half the windows): long walks condition on generated frames, so training
 # must too, or small errors compound into colour drift and blur
-SELF_FORCED = 0.35
-MAX_FORCED_CHUNKS = 3
+SELF_FORCED = 0.2
+# rollouts as deep as the drift shows up (32 frames): a window after each chunk, so the cost per window stays
+# one chunk's rollout however deep they go
+MAX_FORCED_CHUNKS = 8
+SHUFFLE_BUFFER = 64
 # windows between checks for a newer checkpoint to roll out with (the worker's copy lags training by this much)
 RELOAD_EVERY = 64
 
@@ -77,6 +81,16 @@ class WindowStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rng = random.Random(self.seed * 1000 + (info.id if info else 0))
+        # one rollout yields up to MAX_FORCED_CHUNKS windows of one walk: shuffled, so a batch mixes walks
+        buffer = []
+        for window in self._windows(rng):
+            buffer.append(window)
+            if len(buffer) >= SHUFFLE_BUFFER:
+                window = buffer.pop(rng.randrange(len(buffer)))
+                yield window.clean, window.mosaic, window.rays
+
+    def _windows(self, rng: random.Random) -> Iterator[Window]:
+        """Windows in the order they are made: a self-forced rollout's windows one after another."""
         count = 0
         model = self._model_for_rollouts()
         while True:
@@ -99,4 +113,4 @@ class WindowStream(torch.utils.data.IterableDataset):
                 count += 1
                 if count % RELOAD_EVERY == 0:
                     model = self._model_for_rollouts()
-                yield window.clean, window.mosaic, window.rays
+                yield window
