@@ -120,3 +120,27 @@ def test_covered_pixels_weigh_more_in_the_loss(monkeypatch):
     hole = training_loss(Fixed(hidden_size=32, depth=1, num_heads=1), training_schedule(), clean, mosaic, rays,
                          torch.Generator().manual_seed(0))
     assert torch.isclose(covered / hole, torch.tensor(loss_module.COVERED_WEIGHT))
+
+
+def test_generated_sources_cover_with_the_models_generated_confidence():
+    """A mosaic warped from generated frames carries generated_confidence as coverage, observed ones 1, in training and rollouts."""
+    from memory.world.experts import RolloutState
+
+    episode = read_episode(SAMPLE_EPISODE)
+    c, s = 2, 20
+    observed = make_window(episode, s, [s + c - 1], c, generated=range(0), generated_confidence=0.5)
+    generated = make_window(episode, s, [s + c - 1], c, generated=range(s, s + c), generated_confidence=0.5)
+    mask = observed.mosaic[c:, 4]
+    assert set(mask.unique().tolist()) <= {0.0, 1.0} and float(mask.sum()) > 0
+    assert torch.equal(generated.mosaic[c:, 4], mask * 0.5)
+    assert torch.equal(generated.mosaic[c:, :4], observed.mosaic[c:, :4])
+    # a rollout: the initial frames are observed, generated frames warp at the model's confidence, the anchor at 1
+    rgb, depth, c2w = episode.rgb.float() / 255, episode.depth, episode.c2w
+    state = RolloutState(episode.cameras, c, 1, 4, rgb[s - 2:s], depth[s - 2:s], c2w[s - 2:s],
+                         (rgb[s - 1:s], depth[s - 1:s], c2w[s - 1:s]), done=s, generated_confidence=0.25)
+    targets = c2w[s + 4:s + 8]
+    before = state.latest_mosaic(targets, 1).mask
+    assert set(before.unique().tolist()) <= {0.0, 1.0}
+    state.add(rgb[s:s + 4], depth[s:s + 4], c2w[s:s + 4], lift=False)
+    after = state.latest_mosaic(targets, 1).mask
+    assert {0.25} <= set(after.unique().tolist()) <= {0.0, 0.25, 1.0}

@@ -22,11 +22,15 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=None,
                         help="draw the global batch (--batch-size) as this many seeded shards, a multiple of the "
                              "processes (default: one per process); 1 process with --shards N repeats an N-process run")
+    parser.add_argument("--generated-confidence", type=float, default=None,
+                        help="coverage value of mosaic pixels warped from generated frames (saved in the model's "
+                             "config; default: keep the model's, 1 for a new one)")
     args = parser.parse_args()
     train(TrainConfig(data=args.data, out=args.out, steps=args.steps, minutes=args.minutes,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, save_every=args.save_every,
                       threads=args.threads, workers=args.workers,
-                      init=args.init, self_forcing=not args.no_self_forcing, shards=args.shards))
+                      init=args.init, self_forcing=not args.no_self_forcing, shards=args.shards,
+                      generated_confidence=args.generated_confidence))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ class TrainConfig:
     workers: int = 1
     init: Path | None = None
     self_forcing: bool = True
+    generated_confidence: float | None = None
     # the global batch is drawn as this many equal shards, each from its own seeded window stream (default: one
     # per process); the same shards give the same run on any number of processes that divides them
     shards: int | None = None
@@ -116,6 +117,9 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
     resuming = checkpoint.exists()
     start = checkpoint if resuming else config.init
     model = MosaicDiT.from_pretrained(start) if start is not None else MosaicDiT()
+    if config.generated_confidence is not None:
+        # an input convention of the model, so it is saved in its config and every caller reads it there
+        model.register_to_config(generated_confidence=config.generated_confidence)
     model.to(ranks.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     step = load_checkpoint(checkpoint, optimizer) if resuming else 0
@@ -141,7 +145,8 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
     mine = range(ranks.rank * shards // ranks.world_size, (ranks.rank + 1) * shards // ranks.world_size)
     loaders = [torch.utils.data.DataLoader(
         WindowStream(episodes, model.config.context_frames, seed=shard_seed(config, step, shard),
-                     rollout_model=checkpoint if config.self_forcing else None),
+                     rollout_model=checkpoint if config.self_forcing else None,
+                     generated_confidence=model.config.generated_confidence),
         batch_size=config.batch_size // shards, num_workers=config.workers) for shard in mine]
     # the same draws on every process (each keeps its rows of the batch): they do not depend on the processes
     generator = torch.Generator().manual_seed(config.seed * 7919 + step)

@@ -63,10 +63,12 @@ def mosaic_sources(episode: Frames, start: int, context_frames: int, rng: random
 
 
 def make_window(episode: Frames, start: int, sources: list[int], context_frames: int,
-                depth_known: bool = True, truth: Frames | None = None) -> Window:
+                depth_known: bool = True, truth: Frames | None = None, generated: range = range(0),
+                generated_confidence: float = 1.0) -> Window:
     """The network inputs of frames ``start .. start+context+TARGET`` with mosaics warped from ``sources``.
 
-    The clean targets come from ``truth`` when given (a self-forced episode's targets are the true frames).
+    The clean targets come from ``truth`` when given (a self-forced episode's targets are the true frames);
+    sources among the ``generated`` frames cover their pixels with ``generated_confidence``, as in a rollout.
     """
     c = context_frames
     frames = slice(start, start + c + TARGET_FRAMES)
@@ -74,7 +76,9 @@ def make_window(episode: Frames, start: int, sources: list[int], context_frames:
     depth = episode.depth[frames]
     c2w = episode.c2w[frames]
     src = torch.tensor(sources, dtype=torch.long)
-    warped = warp_frames(episode.rgb[src].float() / 255, episode.depth[src], episode.c2w[src], episode.K, c2w[c:])
+    confidence = torch.tensor([generated_confidence if s in generated else 1.0 for s in sources])
+    warped = warp_frames(episode.rgb[src].float() / 255, episode.depth[src], episode.c2w[src], episode.K, c2w[c:],
+                         confidence)
     if sources:
         warped = warped.fill_holes(rgb[c - 1], depth[c - 1])
     conditioning = build_conditioning(rgb[:c], depth[:c], c2w[:c], c2w[c:], episode.K, warped, depth_known)

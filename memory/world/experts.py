@@ -164,7 +164,13 @@ class RolloutState:
     lora: EpisodicLoRA | None = None
     done: int = 0
     generated_anything: bool = False
+    generated_confidence: float = 1.0
     _chunk: dict = field(default_factory=dict)
+    # frames before this index are observed (the initial frames the state starts with), later ones generated
+    initial: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.initial = self.done
 
     def add(self, rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, lift: bool) -> None:
         """Append generated frames: the window keeps the latest ones; with ``lift`` they enter the generated patch memory."""
@@ -191,10 +197,13 @@ class RolloutState:
         """The last ``frames`` frames warped into ``targets`` (latest on top, the observed anchor above all once generating)."""
         m = min(frames, len(self.rgb))
         sources = (self.rgb[-m:], self.depth[-m:], self.c2w[-m:])
+        index = torch.arange(self.done - m, self.done)
+        confidence = torch.where(index < self.initial, 1.0, self.generated_confidence)
         if self.generated_anything:
             # warp_frames gives the last source priority, so the observed anchor goes last
             sources = tuple(torch.cat([recent, observed]) for recent, observed in zip(sources, self.anchor))
-        return warp_frames(*sources, self.path.K, targets).fill_holes(self.rgb[-1], self.depth[-1])
+            confidence = torch.cat([confidence, torch.ones(1)])
+        return warp_frames(*sources, self.path.K, targets, confidence).fill_holes(self.rgb[-1], self.depth[-1])
 
     def conditioning(self, targets: torch.Tensor, frames: int, mosaic: Mosaic) -> Conditioning:
         """Conditioning on the last ``frames`` frames as context and ``mosaic``."""
@@ -218,13 +227,13 @@ class RolloutState:
         """The patch memory in the target cameras (observed patches, then generated ones, then the base mosaic), and the memory alone."""
         mosaic = self.latest_mosaic(targets, self.mosaic_frames)
         rgb, depth, mask = mosaic.rgb.clone(), mosaic.depth.clone(), torch.zeros_like(mosaic.mask)
-        for source in (memory, self.generated):
+        for source, value in ((memory, 1.0), (self.generated, self.generated_confidence)):
             if source is None or len(source) == 0:
                 continue
             for i, pose in enumerate(targets):
                 view = render(source, self.path.K, pose, self.path.height, self.path.width, max_patches=max_patches)
                 fill = (mask[i] <= 0) & (view.mask > 0)
-                rgb[i][fill], depth[i][fill], mask[i][fill] = view.rgb[fill], view.depth[fill], 1.0
+                rgb[i][fill], depth[i][fill], mask[i][fill] = view.rgb[fill], view.depth[fill], value
         # where the memory has nothing, the latest frames' warp (sky included) still covers what it covers
         covered = torch.where(mask > 0, mask, mosaic.mask)
         return Mosaic(rgb, depth, covered, filled=True), Mosaic(rgb, depth, mask, filled=True)

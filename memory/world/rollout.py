@@ -77,7 +77,8 @@ class Rollout:
         self.state = state = RolloutState(
             path, model.context_frames, model.mosaic_frames, window, frames[-window:], depth[-window:],
             path.c2w[max(0, known - window):known], (frames[-1:], depth[-1:], path.c2w[known - 1:known]),
-            observed=observed, lora=None if self.long_term is None else self.long_term.lora, done=known)
+            observed=observed, lora=None if self.long_term is None else self.long_term.lora, done=known,
+            generated_confidence=model.generated_confidence)
         yield Chunk(frames, depth)
         lora_model = None if state.lora is None else lora_network(model, state.lora)
         w_memory, w_null = weights(self.composition.mode, self.composition.alphas)

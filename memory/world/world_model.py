@@ -20,7 +20,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "mosaic_dit"
 CONFIG_RANGES: dict[str, tuple] = {
     "patch_size": (1, 64), "hidden_size": (1, 8192), "depth": (1, 256), "num_heads": (1, 256),
     "rope_dims": (0, 8192), "rope_theta": (1e-3, 1e9), "num_train_timesteps": (1, 100_000),
-    "context_frames": (0, 64), "mosaic_frames": (0, 64),
+    "context_frames": (0, 64), "mosaic_frames": (0, 64), "generated_confidence": (1e-3, 1.0),
 }
 SCHEDULE_FILE = "scheduler_config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model"
@@ -43,6 +43,11 @@ class WorldModel:
     def mosaic_frames(self) -> int:
         """Latest frames the base mosaic is warped from (declared in its config)."""
         return int(self.network.config.mosaic_frames)
+
+    @property
+    def generated_confidence(self) -> float:
+        """Coverage value of mosaic pixels warped from generated frames (declared in its config; observed ones are 1)."""
+        return float(self.network.config.generated_confidence)
 
     @property
     def top_timestep(self) -> int:

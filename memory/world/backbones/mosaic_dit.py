@@ -84,13 +84,16 @@ class MosaicDiT(ModelMixin, ConfigMixin):
     Its config also declares what it was trained to read, so every caller builds the same inputs:
     ``context_frames`` clean frames before each chunk, and a mosaic warped from the latest
     ``mosaic_frames`` frames (1 for the embedded model: warping older frames too measured 1 dB worse,
-    from their stale view-dependent shading).
+    from their stale view-dependent shading). ``generated_confidence`` is the coverage value a mosaic
+    carries where it shows a generated frame rather than an observed one (1: no distinction), so the
+    network can keep observed geometry and repair its own frames.
     """
 
     @register_to_config
     def __init__(self, patch_size: int = 8, hidden_size: int = 128, depth: int = 4, num_heads: int = 4,
                  rope_dims: tuple[int, int, int] = (8, 12, 12), rope_theta: float = 100.0,
-                 num_train_timesteps: int = 1000, context_frames: int = 2, mosaic_frames: int = 1):
+                 num_train_timesteps: int = 1000, context_frames: int = 2, mosaic_frames: int = 1,
+                 generated_confidence: float = 1.0):
         super().__init__()
         head_dim = hidden_size // num_heads
         if sum(rope_dims) != head_dim or any(d % 2 for d in rope_dims):
