@@ -14,6 +14,7 @@ from ..memory.world.experts import (
 from ..memory.world.poce import DEFAULT_ALPHA, MODES
 from ..memory.world.rollout import DEFAULT_STEPS, rollout, rollout_steps, stream_steps
 from ..memory.world.world_model import WorldModel
+from .managed_model import load_for_run
 from .types import (
     CATEGORY, CameraPathType, CompositionType, DepthType, EpisodicLoRAType, ExpertType, PatchMemoryType, Progress,
     WorldModelType, check_options, check_widgets, require_world_model, until_interrupted,
@@ -204,6 +205,7 @@ class NavigateWithMemory(io.ComfyNode):
         total = (rollout_steps(len(initial_frames), len(camera_path), chunk_size, steps, depth is not None)
                  + stream_steps(world_model, composition, len(initial_frames), len(camera_path), chunk_size))
         progress = Progress(total)
+        load_for_run(world_model, run.memory_required)
         done = until_interrupted(run, total, "navigation with memory", progress)
         rgb = torch.cat([c.rgb for c in done])
         metres = torch.cat([c.depth for c in done])

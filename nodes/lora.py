@@ -127,7 +127,9 @@ class TrainEpisodicLoRA(io.ComfyNode):
         chosen = frame_range(len(frames), int(first_frame), int(last_frame))
         if continue_from is not None:
             check_lora(continue_from, world_model, "continue_from")
-        # checked now; the training runs as it is iterated, one progress step (and interrupt check) per LoRA step
+        # checked now; the training runs as it is iterated, one progress step (and interrupt check) per LoRA step.
+        # The backbone is not loaded onto the compute device: training runs on a float32 CPU copy of its weights
+        # (memory/world/lora.py), read wherever ComfyUI keeps them
         run = lora_training(world_model, frames[chosen], depth[chosen], camera_path.c2w[chosen], camera_path.K,
                             int(rank), int(steps), float(lr), int(seed), continue_from)
         until_interrupted(run, int(steps), "LoRA training")

@@ -14,6 +14,7 @@ from ..memory.geometry.depth import DepthMaps, depth_to_image
 from ..memory.files import confined_path
 from ..memory.world.rollout import DEFAULT_STEPS, navigate, rollout_steps
 from ..memory.world.world_model import DEFAULT_MODEL, WorldModel, load_world_model
+from .managed_model import load_for_run, manage
 from .types import (
     CATEGORY, CameraPathType, DepthType, Progress, WorldModelType, check_options, require_world_model, until_interrupted,
 )
@@ -68,7 +69,8 @@ class LoadWorldModel(io.ComfyNode):
                                tooltip="Precision of the weights; float32 is safest on a CPU, "
                                "bfloat16/float16 save memory on a GPU."),
                 io.Combo.Input("device", options=["auto", "cpu"], default="auto",
-                               tooltip="auto: ComfyUI's compute device (a GPU if present); cpu: always the CPU."),
+                               tooltip="auto: ComfyUI's compute device (a GPU if present), sharing its memory with "
+                               "ComfyUI's other models (offloaded when they need the room); cpu: always the CPU."),
             ],
             outputs=[WorldModelType.Output("world_model", display_name="world_model", tooltip="The loaded world model.")],
         )
@@ -77,8 +79,12 @@ class LoadWorldModel(io.ComfyNode):
     def execute(cls, model: str, dtype: str, device: str) -> io.NodeOutput:
         # model names are checked by resolve_model, whose errors say why a folder is not usable
         check_options(cls, dtype=dtype, device=device)
-        target = comfy.model_management.get_torch_device() if device == "auto" else torch.device("cpu")
-        return io.NodeOutput(load_world_model(resolve_model(model), DTYPES[dtype], target))
+        if device == "auto":
+            compute, offload = comfy.model_management.get_torch_device(), comfy.model_management.unet_offload_device()
+        else:
+            compute = offload = torch.device("cpu")
+        # read where ComfyUI keeps idle models; it moves the weights to the compute device when a node runs them
+        return io.NodeOutput(manage(load_world_model(resolve_model(model), DTYPES[dtype], offload), compute, offload))
 
 
 class Navigate(io.ComfyNode):
@@ -136,6 +142,7 @@ class Navigate(io.ComfyNode):
                            callback=lambda _: progress.step())
         total = rollout_steps(len(initial_frames), len(camera_path), chunk_size, steps, depth is not None)
         progress = Progress(total)
+        load_for_run(world_model, rollout.memory_required)
         done = until_interrupted(rollout, total, "navigation", progress)
         rgb = torch.cat([c.rgb for c in done])
         metres = torch.cat([c.depth for c in done])

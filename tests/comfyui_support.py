@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,23 @@ def start_comfyui_in_process(output_dir: Path) -> dict:
     import nodes
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
     return nodes.NODE_CLASS_MAPPINGS
+
+
+def execute_prompt(prompt: dict):
+    """Validate and run an API prompt in ComfyUI's own executor (ComfyUI imported in-process); returns the executor."""
+    import execution
+    import server
+
+    async def run():
+        executor = execution.PromptExecutor(server.PromptServer(asyncio.get_running_loop()),
+                                            cache_type=execution.CacheType.CLASSIC)
+        pid = str(uuid.uuid4())
+        valid, err, outputs, node_errors = await execution.validate_prompt(pid, prompt, None)
+        assert valid, (err, node_errors)
+        await executor.execute_async(prompt, pid, {}, outputs)
+        return executor
+
+    return asyncio.run(run())
 
 
 def run_harness(mode: str, workflows: list[str], work: Path, timeout: int = 1200) -> dict:

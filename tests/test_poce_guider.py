@@ -9,13 +9,12 @@ on its conditioning, so the reference applies that LoRA's weights by hand for it
 """
 from __future__ import annotations
 
-import asyncio
 import math
-import uuid
 
 import pytest
 import torch
 
+from comfyui_support import execute_prompt
 from memory.world.poce import MODES, mix, mix_denoised, weights
 
 MODEL_FILE = "come_tiny_sd2_unet.safetensors"
@@ -95,23 +94,6 @@ def tiny_files(comfy, tmp_path_factory):
     yield root, lora
     for name, path in registered:
         folder_paths.folder_names_and_paths[name][0].remove(path)
-
-
-def execute(prompt: dict):
-    """Validate and run an API prompt in ComfyUI's own executor; returns the executor."""
-    import execution
-    import server
-
-    async def run():
-        executor = execution.PromptExecutor(server.PromptServer(asyncio.get_running_loop()),
-                                            cache_type=execution.CacheType.CLASSIC)
-        pid = str(uuid.uuid4())
-        valid, err, outputs, node_errors = await execution.validate_prompt(pid, prompt, None)
-        assert valid, (err, node_errors)
-        await executor.execute_async(prompt, pid, {}, outputs)
-        return executor
-
-    return asyncio.run(run())
 
 
 def graph(flow: bool, runs: dict[str, tuple[str, int]]) -> dict:
@@ -216,7 +198,7 @@ def test_guider_in_the_executor_matches_the_direct_composition(comfy, tiny_files
     runs = {f"{tag}_{mode}": (mode, 1) for mode in MODES}
     if not flow:  # all steps from sigma max: the weights sum to 3 there, which an ε model allows
         runs["eps_all_steps"] = ("poce", 0)
-    executor = execute(graph(flow, runs))
+    executor = execute_prompt(graph(flow, runs))
     assert executor.success, [d for ev, d in executor.status_messages if ev == "execution_error"]
     direct = direct_compositions(mappings, root, lora, flow)
     for name, (mode, _) in list(runs.items())[:len(MODES)]:
@@ -230,7 +212,7 @@ def test_guider_in_the_executor_matches_the_direct_composition(comfy, tiny_files
 
 
 def test_guider_poce_at_sigma_one_of_a_flow_model_is_an_error_naming_the_mode(comfy, tiny_files):
-    executor = execute(graph(True, {"flow_full_poce": ("poce", 0)}))
+    executor = execute_prompt(graph(True, {"flow_full_poce": ("poce", 0)}))
     assert not executor.success
     error = next(d for ev, d in executor.status_messages if ev == "execution_error")
     assert error["node_type"] == "SamplerCustomAdvanced"

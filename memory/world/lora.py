@@ -296,7 +296,11 @@ def stream_update(model: WorldModel, lora: EpisodicLoRA, rgb: torch.Tensor, dept
 
 
 def lora_network(model: WorldModel, lora: EpisodicLoRA) -> WorldModel:
-    """A new WorldModel whose network is the backbone with ``lora`` merged into its projections (``model`` unchanged)."""
+    """A copy of ``model`` whose network is the backbone with ``lora`` merged into its projections (``model`` unchanged).
+
+    The copy keeps ``model``'s class and fields (a subclass that says where the backbone computes, as the
+    nodes' managed model does), so it runs where the weights it shares with the backbone are.
+    """
     check_lora(lora, model)
     network = model.network
     # every parameter is shared with the backbone except the adapted weights, which are new tensors assigned
@@ -310,7 +314,7 @@ def lora_network(model: WorldModel, lora: EpisodicLoRA) -> WorldModel:
             delta = (b @ a * lora.scale).to(module.weight.device)
             merged = (module.weight.float() + delta).to(module.weight.dtype)
             module.weight = nn.Parameter(merged, requires_grad=False)
-    return WorldModel(adapted.eval(), f"{model.name}+lora", model.schedule)
+    return replace(model, network=adapted.eval(), name=f"{model.name}+lora")
 
 
 def save_lora(lora: EpisodicLoRA, path: str | os.PathLike) -> Path:

@@ -8,6 +8,7 @@ fixed LoRA steps.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -16,10 +17,13 @@ import torch
 from ..geometry.camera import CameraPath
 from ..limits import MAX_SEED, MAX_STEPS, check_count, check_frames
 from ..patch_memory import PatchMemory, insert_frames
+from .backbones.mosaic_dit import RAY_CHANNELS, RGBD_CHANNELS
 from .conditioning import build_conditioning
-from .experts import BASE, LORA, BaseExpert, Composition, LongTermExpert, RolloutState, SpatialExpert, plan
+from .experts import (
+    BASE, LORA, BaseExpert, Composition, LongTermExpert, RolloutState, ShortTermExpert, SpatialExpert, plan,
+)
 from .lora import EpisodicLoRA, lora_network, stream_update
-from .mosaic import Mosaic
+from .mosaic import MOSAIC_CHANNELS, Mosaic
 from .poce import mix, weights
 from .rgbd import decode_rgbd
 from .world_model import WorldModel, denoise, predict_clean_batch, sample_chunk
@@ -32,6 +36,11 @@ MAX_CHUNK = 64
 # frames a streaming LoRA step trains on after each chunk (the model's context plus one training window)
 STREAM_TARGETS = 4
 BASE_ONLY = Composition((BaseExpert(alpha=1.0),), mode="single")
+# Peak activations of one backbone forward, per token, in hidden-size units of the weights' dtype: counted on
+# the CPU over every tensor alive during forwards of the embedded model at 64-512 px, 24.5 in float32 and 24.7
+# in bfloat16 (a few float32 parts), the same at every size: attention runs fused, without a tokens² matrix
+# (tests/test_model_management.py checks the bound)
+ACTIVATIONS_PER_TOKEN = 25
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,32 @@ class Rollout:
         spatial = next((e for e in composition.experts if isinstance(e, SpatialExpert)), None)
         self.observed = spatial.memory if spatial is not None else None
         self.lift = spatial is not None or keep_memory
+
+    @property
+    def memory_required(self) -> int:
+        """Estimated bytes beside the weights that the rollout's largest forward needs on the compute device.
+
+        Each step evaluates each network once per context length, batching the conditionings the mode
+        weighs (as ``plan`` assigns them: the short-term expert with its own context, the long-term one on
+        the LoRA network, the null with the base context); a long-term expert adds its merged projections.
+        """
+        model, path, composition = self.model, self.path, self.composition
+        w_memory, w_null = weights(composition.mode, composition.alphas)
+        samples: Counter[tuple[str, int]] = Counter()
+        for expert, w in zip(composition.experts, w_memory):
+            if w:
+                context = expert.frames if isinstance(expert, ShortTermExpert) else model.context_frames
+                samples[LORA if isinstance(expert, LongTermExpert) else BASE, context] += 1
+        if any(w_null):
+            samples[BASE, model.context_frames] += 1
+        largest = max(forward_bytes(model, n, context + self.chunk, path.height, path.width)
+                      for (_, context), n in samples.items())
+        if self.depth is None:
+            largest = max(largest, forward_bytes(model, 1, len(self.frames), path.height, path.width))
+        if self.long_term is not None:
+            modules = dict(model.network.named_modules())
+            largest += sum(modules[t].weight.numel() for t in self.long_term.lora.targets) * model.dtype.itemsize
+        return largest
 
     def __iter__(self) -> Iterator[Chunk]:
         model, path, frames = self.model, self.path, self.frames
@@ -178,6 +213,14 @@ def navigate(model: WorldModel, frames: torch.Tensor, depth: torch.Tensor | None
     when the camera comes back.
     """
     return rollout(model, BASE_ONLY, frames, depth, path, chunk, steps, seed, callback)
+
+
+def forward_bytes(model: WorldModel, batch: int, frames: int, height: int, width: int) -> int:
+    """Estimated peak bytes of one backbone forward of ``batch`` x ``frames`` frames at height x width: its inputs and activations."""
+    patch, hidden = model.network.config.patch_size, model.network.config.hidden_size
+    tokens = batch * frames * (height // patch) * (width // patch)
+    inputs = (RGBD_CHANNELS + MOSAIC_CHANNELS + RAY_CHANNELS) * patch * patch
+    return tokens * (ACTIVATIONS_PER_TOKEN * hidden + inputs) * model.dtype.itemsize
 
 
 def rollout_steps(initial: int, cameras: int, chunk: int, steps: int, depth_known: bool) -> int:
