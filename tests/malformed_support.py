@@ -72,6 +72,7 @@ class Env:
             "COME_EXPERT": lambda: self.expert,
             "COME_COMPOSITION": lambda: self.composition,
             "COME_EPISODIC_LORA": lambda: self.lora,
+            "COME_GUIDER_EXPERTS": lambda: self.guider_experts,
         }
         if io_type not in values:
             raise KeyError(f"no sample value for a {io_type} socket of {node_id}")
@@ -105,6 +106,13 @@ class Env:
         return self.node("CoMEBuildPatchMemory").execute(
             frames=self.frames[:16], metric_depth=depth, camera_path=path, patch_size=8, voxel_size=0.05,
             first_frame=0, last_frame=-1, frame_stride=1).args[0]
+
+    @cached_property
+    def guider_experts(self) -> Any:
+        """One PoCE guider expert on the embedded model's ModelPatcher (a real MODEL), with a one-token conditioning."""
+        conditioning = [[torch.zeros(1, 1, 8), {}]]
+        return self.node("CoMEPoCEGuiderExpert").execute(model=self.model.patcher, positive=conditioning,
+                                                          null=conditioning, alpha=2.0).args[0]
 
     @cached_property
     def model(self) -> Any:

@@ -99,7 +99,7 @@ FOLDERS = [
     ("weights-integer", dict(weights=_first_weight(lambda w: w.to(torch.int32)))),
     ("weights-wrong-shape", dict(weights=_first_weight(lambda w: torch.zeros(*w.shape[:-1], w.shape[-1] + 1)))),
     ("weights-duplicated", dict(files=lambda folder: shutil.copy(folder / "diffusion_pytorch_model.safetensors",
-                                                                 folder / "copy.safetensors"))),
+                                                                 folder / "diffusion_pytorch_model-copy.safetensors"))),
 ]
 
 
