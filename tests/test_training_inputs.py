@@ -144,3 +144,15 @@ def test_generated_sources_cover_with_the_models_generated_confidence():
     state.add(rgb[s:s + 4], depth[s:s + 4], c2w[s:s + 4], lift=False)
     after = state.latest_mosaic(targets, 1).mask
     assert {0.25} <= set(after.unique().tolist()) <= {0.0, 0.25, 1.0}
+
+
+def test_training_refuses_a_generated_confidence_out_of_range(tmp_path):
+    """A coverage value the model loader would refuse is refused before any step, naming the input."""
+    import pytest
+
+    from memory.train.loop import TrainConfig, train
+
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="generated_confidence"):
+            train(TrainConfig(data=tmp_path, out=tmp_path / "run", steps=1, workers=0, generated_confidence=bad))
+    assert not (tmp_path / "run").exists()

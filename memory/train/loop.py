@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..world.backbones.mosaic_dit import MosaicDiT, training_schedule
-from ..world.world_model import save_world_model
+from ..world.world_model import CONFIG_RANGES, save_world_model
 from .distributed import Ranks, joined
 from .loss import training_loss
 from .stream import WindowStream
@@ -109,6 +109,10 @@ def train(config: TrainConfig) -> Path:
 def _train(config: TrainConfig, ranks: Ranks) -> Path:
     """:func:`train` as one of the processes ``ranks`` describes."""
     shards = check_shards(config, ranks)
+    confidence, (low, high) = config.generated_confidence, CONFIG_RANGES["generated_confidence"]
+    if confidence is not None and not (isinstance(confidence, (int, float)) and low <= confidence <= high):
+        raise ValueError(f"generated_confidence: must be a number in {low}..{high} (the coverage of mosaic pixels "
+                         f"warped from generated frames; 1 = treated as observed), got {confidence!r}.")
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
