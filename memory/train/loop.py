@@ -149,8 +149,7 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
     mine = range(ranks.rank * shards // ranks.world_size, (ranks.rank + 1) * shards // ranks.world_size)
     loaders = [torch.utils.data.DataLoader(
         WindowStream(episodes, model.config.context_frames, seed=shard_seed(config, step, shard),
-                     rollout_model=checkpoint if config.self_forcing else None,
-                     generated_confidence=model.config.generated_confidence),
+                     rollout_model=checkpoint if config.self_forcing else None),
         batch_size=config.batch_size // shards, num_workers=config.workers) for shard in mine]
     # the same draws on every process (each keeps its rows of the batch): they do not depend on the processes
     generator = torch.Generator().manual_seed(config.seed * 7919 + step)

@@ -54,11 +54,9 @@ class WindowStream(torch.utils.data.IterableDataset):
     MAX_FORCED_CHUNKS chunks, one window after each chunk; targets stay the true frames.
     """
 
-    def __init__(self, episodes: list[Episode], context_frames: int, seed: int, rollout_model: Path | None = None,
-                 generated_confidence: float = 1.0):
+    def __init__(self, episodes: list[Episode], context_frames: int, seed: int, rollout_model: Path | None = None):
         super().__init__()
         self.episodes, self.context_frames, self.seed = episodes, context_frames, seed
-        self.generated_confidence = generated_confidence
         self.rollout_model = rollout_model
         self._model: WorldModel | None = None
         self._loaded_mtime = -1.0
@@ -109,7 +107,7 @@ class WindowStream(torch.utils.data.IterableDataset):
                 starts = [start - k * TARGET_FRAMES for k in reversed(range(chunks))]
                 made = range(start - chunks * TARGET_FRAMES + c, start + c)
                 windows = [make_window(generated, s, mosaic_sources(generated, s, c, rng), c, depth_known, truth=episode,
-                                       generated=made, generated_confidence=self.generated_confidence)
+                                       generated=made, generated_confidence=model.generated_confidence)
                            for s in starts]
             else:
                 windows = [make_window(episode, start, mosaic_sources(episode, start, c, rng), c, depth_known)]
