@@ -146,8 +146,8 @@ def test_generated_sources_cover_with_the_models_generated_confidence():
     assert {0.25} <= set(after.unique().tolist()) <= {0.0, 0.25, 1.0}
 
 
-def test_training_refuses_a_generated_confidence_out_of_range(tmp_path):
-    """A coverage value the model loader would refuse is refused before any step, naming the input."""
+def test_training_refuses_a_generated_confidence_out_of_range_and_a_missing_init(tmp_path):
+    """A coverage value the model loader would refuse, or an --init that is no model folder, is refused before any step, naming the input."""
     import pytest
 
     from memory.train.loop import TrainConfig, train
@@ -156,3 +156,6 @@ def test_training_refuses_a_generated_confidence_out_of_range(tmp_path):
         with pytest.raises(ValueError, match="generated_confidence"):
             train(TrainConfig(data=tmp_path, out=tmp_path / "run", steps=1, workers=0, generated_confidence=bad))
     assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="init"):
+        train(TrainConfig(data=tmp_path, out=tmp_path / "run", steps=1, workers=0, init=tmp_path / "no-model"))
+    assert not (tmp_path / "run" / "checkpoint").exists()

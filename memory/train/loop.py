@@ -120,6 +120,9 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
     checkpoint = config.out / "checkpoint"
     resuming = checkpoint.exists()
     start = checkpoint if resuming else config.init
+    if start is not None and not (start / "config.json").is_file():
+        raise ValueError(f"init: {start} is not a model folder (no config.json); give a folder written by "
+                         "save_pretrained, e.g. memory/weights/mosaic_dit.")
     model = MosaicDiT.from_pretrained(start) if start is not None else MosaicDiT()
     if config.generated_confidence is not None:
         # an input convention of the model, so it is saved in its config and every caller reads it there
