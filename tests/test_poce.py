@@ -6,12 +6,19 @@ import math
 import pytest
 import torch
 
-from memory.world.poce import MODES, check_alpha, compose, mix, weights
+from memory.world.poce import MODES, check_alpha, mix_denoised, weighted_mean, weights
+from memory.world.world_model import composed_step
 
 
 def eps_of(x0, x_t, alpha_bar):
     """ε implied by a clean estimate at x_t."""
     return (x_t - math.sqrt(alpha_bar) * x0) / math.sqrt(1 - alpha_bar)
+
+
+def compose(mode, alphas, with_memory, null, x_t, alpha_bar):
+    """The clean chunk of each mode's ε mixture, as mix_denoised gives it at x_t with ᾱ = alpha_bar."""
+    w_memory, w_null = weights(mode, alphas)
+    return mix_denoised([*zip(w_memory, with_memory), *zip(w_null, null)], x_t, math.sqrt(alpha_bar))
 
 
 def x0_of(eps, x_t, alpha_bar):
@@ -44,7 +51,7 @@ def test_weights_summing_to_one_need_no_noisy_sample_term():
     assert sum(w_mem) + sum(w_null) == pytest.approx(1.0)
     a, b = torch.ones(1, 4, 2, 2), torch.zeros(1, 4, 2, 2)
     # a sum that is 1 ignores x_t entirely, even where alpha_bar is tiny (the first step from pure noise)
-    assert torch.equal(mix([(2.0, a), (-1.0, b)], torch.full_like(a, 1e6), 1e-9), 2 * a)
+    assert torch.equal(mix_denoised([(2.0, a), (-1.0, b)], torch.full_like(a, 1e6), math.sqrt(1e-9)), 2 * a)
 
 
 def test_single_uses_only_the_first_expert_and_alpha_one_is_the_expert_itself():
@@ -63,3 +70,59 @@ def test_unknown_mode_or_no_expert_is_refused():
         weights("cfg", [2.0])
     with pytest.raises(ValueError, match="^experts: "):
         weights("poce", [])
+
+
+def ddim_alphas(steps):
+    """(ᾱ before, ᾱ after) of each trailing-spaced DDIM step of the embedded model's schedule, as denoise takes them."""
+    from diffusers import DDIMScheduler
+
+    from memory.world.backbones.mosaic_dit import training_schedule
+    scheduler = DDIMScheduler.from_config(training_schedule(1000).config, timestep_spacing="trailing")
+    scheduler.set_timesteps(steps)
+    stride = 1000 // steps
+    pairs = [(float(scheduler.alphas_cumprod[int(t)]),
+              float(scheduler.alphas_cumprod[int(t) - stride] if int(t) >= stride else scheduler.final_alpha_cumprod))
+             for t in scheduler.timesteps]
+    return scheduler, pairs
+
+
+@pytest.mark.parametrize("steps", [1, 4, 16])
+def test_composed_step_of_weight_one_is_the_ddim_step(steps):
+    scheduler, pairs = ddim_alphas(steps)
+    torch.manual_seed(1)
+    for t, (before, after) in zip(scheduler.timesteps, pairs):
+        x, x0 = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+        expected = scheduler.step(x0, t, x).prev_sample
+        assert torch.allclose(composed_step(x, x0, before, after, 1.0), expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("weight", [1.0, 2.0, 3.0])
+def test_composed_step_solves_the_flow_of_the_summed_scores(weight):
+    """dx̃/dσ = Σ w·ε_k = (W·x̃ − Σ w·x0_k)/σ, integrated finely with the estimates held, lands where the step does."""
+    torch.manual_seed(2)
+    a, b = torch.randn(3), torch.randn(3)
+    terms = [(weight - 1.0, a), (1.0, b)] if weight > 1 else [(1.0, a)]
+    mean, total = weighted_mean(terms)
+    assert total == weight
+    before, after = 0.05, 0.6
+    x = torch.randn(3)
+    sigma, sigma_next = math.sqrt((1 - before) / before), math.sqrt((1 - after) / after)
+    scaled = x / math.sqrt(before)
+    grid = torch.linspace(sigma, sigma_next, 200_001, dtype=torch.float64)
+    y = scaled.double()
+    for s0, s1 in zip(grid[:-1], grid[1:]):
+        eps = sum(w * (y - x0.double()) / s0 for w, x0 in terms)
+        y = y + (s1 - s0) * eps
+    assert torch.allclose(composed_step(x, mean, before, after, weight).double(), math.sqrt(after) * y, atol=1e-3)
+
+
+def test_composed_step_stays_finite_from_pure_noise_where_the_x0_form_explodes():
+    _, pairs = ddim_alphas(1)
+    before, after = pairs[0]
+    torch.manual_seed(3)
+    x, a, b = torch.randn(2, 4, 8, 8), torch.rand(2, 4, 8, 8), torch.rand(2, 4, 8, 8)
+    terms = [(1.0, a), (1.0, b)]
+    mean, total = weighted_mean(terms)
+    # one step to the end of the schedule lands on the experts' weighted mean, a value within their range
+    assert torch.allclose(composed_step(x, mean, before, after, total), (a + b) / 2, atol=1e-3)
+    assert mix_denoised(terms, x, math.sqrt(before)).abs().max() > 100

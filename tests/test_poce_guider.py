@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from comfyui_support import execute_prompt
-from memory.world.poce import MODES, mix, mix_denoised, weights
+from memory.world.poce import MODES, mix_denoised, weights
 
 MODEL_FILE = "come_tiny_sd2_unet.safetensors"
 LORA_FILE = "come_tiny_unet_lora.safetensors"
@@ -54,13 +54,6 @@ def test_guider_mix_denoised_is_the_epsilon_mixture_in_x0(mode, flow):
     w_memory, w_null = weights(mode, ALPHAS)
     got = mix_denoised([*zip(w_memory, mem), *zip(w_null, null)], x, scale)
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
-
-
-def test_guider_mix_is_mix_denoised_with_the_ddpm_scale():
-    torch.manual_seed(0)
-    x, a, b = torch.randn(3, 2, 4)
-    terms = [(2.0, a), (1.0, b)]
-    assert torch.equal(mix(terms, x, 0.25), mix_denoised(terms, x, 0.5))
 
 
 def test_guider_mix_without_clean_signal_is_an_error_naming_the_mode():

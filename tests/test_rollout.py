@@ -57,6 +57,17 @@ def test_the_base_expert_alone_is_navigate(model, episode):
     assert torch.equal(torch.cat([chunk.rgb for chunk in composed]), direct)
 
 
+def test_a_product_of_copies_of_one_expert_is_that_expert_at_one_step_and_stays_sane_at_more(model, episode):
+    """Weights summing to 2 (poe of two experts) are integrated, not multiplied by 1/√ᾱ at the first step from noise."""
+    truth = episode.rgb[episode.context_frames:episode.context_frames + 8].float() / 255
+    single, _ = generate(model, episode, Composition((BaseExpert(1.0),), "single"), frames=8)
+    twice, _ = generate(model, episode, Composition((BaseExpert(1.0), BaseExpert(1.0)), "poe"), frames=8)
+    assert torch.equal(twice, single)
+    sharper, _ = generate(model, episode, Composition((BaseExpert(1.0), BaseExpert(1.0)), "poe"), frames=8, steps=4)
+    # the square of the base distribution at 4 steps: within a few dB of the base model, far from the 5 dB of noise
+    assert psnr(sharper, truth) > psnr(single, truth) - 3.0
+
+
 def test_the_spatial_expert_finds_observed_places_again(model, episode, memory):
     """Revisit frames look like what the context saw: the spatial memory beats the base model there."""
     revisits = torch.tensor(revisit_frames(episode)) - episode.context_frames

@@ -10,9 +10,12 @@ Each expert k predicts the chunk with its memory (ε_k) and with its memory remo
 The backbone predicts the clean chunk x0, not ε. With x_t = √ᾱ x0 + √(1−ᾱ) ε, a weighted sum of ε
 with weights w is the same weighted sum of x0 plus (1 − Σ w) x_t / √ᾱ: exact, and free of the
 division by √(1−ᾱ) that ε needs. Where Σ w ≠ 1 (``poce`` with several experts, ``poe``) that term
-is what the ε form implies; it is large where ᾱ is small, and the benchmark shows what it costs.
-``mix_denoised`` is the same mixture for any x = s·x0 + σ·ε, such as ComfyUI's samplers (s = 1 for ε and
-v models, s = 1 − σ for flow matching), whose guiders return x0.
+is huge where ᾱ is small, so a sampler handed this x0 takes wild steps from pure noise. The
+rollout therefore integrates the mixture instead: ``weighted_mean`` gives Σ w·x0 / Σ w and
+``world_model.composed_step`` solves the flow of the summed scores under DDIM's assumption; at one
+step from the last timestep that lands on the weighted mean. ``mix_denoised`` is the exact x0 for
+samplers that step themselves, for any x = s·x0 + σ·ε, such as ComfyUI's (s = 1 for ε and v models,
+s = 1 − σ for flow matching), whose guiders return x0.
 """
 from __future__ import annotations
 
@@ -66,14 +69,7 @@ def mix_denoised(terms: Sequence[tuple[float, torch.Tensor]], x: torch.Tensor,
     return out
 
 
-def mix(terms: Sequence[tuple[float, torch.Tensor]], x_t: torch.Tensor, alpha_bar: float) -> torch.Tensor:
-    """The clean estimate of the ε mixture Σ w·ε(x0) given as (w, x0) pairs at noisy sample ``x_t`` with ᾱ_t = ``alpha_bar``."""
-    return mix_denoised(terms, x_t, math.sqrt(alpha_bar))
-
-
-def compose(mode: str, alphas: Sequence[float], with_memory: Sequence[torch.Tensor],
-            null: Sequence[torch.Tensor], x_t: torch.Tensor, alpha_bar: float) -> torch.Tensor:
-    """The clean chunk [T,4,H,W] PoCE composes from each expert's clean predictions with and without its memory."""
-    w_memory, w_null = weights(mode, alphas)
-    terms = [*zip(w_memory, with_memory), *zip(w_null, null)]
-    return mix(terms, x_t, alpha_bar)
+def weighted_mean(terms: Sequence[tuple[float, torch.Tensor]]) -> tuple[torch.Tensor, float]:
+    """Σ w·x0 / W and W = Σ w of (w, x0) pairs: what a sampler that integrates the ε mixture needs (W ≥ 1 in every mode)."""
+    total = sum(w for w, _ in terms)
+    return sum(w * x0 for w, x0 in terms if w != 0) / total, total

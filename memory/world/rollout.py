@@ -24,7 +24,7 @@ from .experts import (
 )
 from .lora import EpisodicLoRA, lora_network, stream_update
 from .mosaic import MOSAIC_CHANNELS, Mosaic
-from .poce import mix, weights
+from .poce import weighted_mean, weights
 from .rgbd import decode_rgbd
 from .world_model import WorldModel, denoise, predict_clean_batch, sample_chunk
 
@@ -117,7 +117,6 @@ class Rollout:
         yield Chunk(frames, depth)
         lora_model = None if state.lora is None else lora_network(model, state.lora)
         w_memory, w_null = weights(self.composition.mode, self.composition.alphas)
-        alphas_cumprod = model.schedule.alphas_cumprod
         chunk_index = 0
         streams = stream_schedule(model, self.composition, known, len(path), self.chunk)
         while state.done < len(path):
@@ -146,10 +145,11 @@ class Rollout:
                     clean |= dict(zip(keys, predictions))
                 terms = [(w, p.apply_guidance(clean[(p.network, id(p.conditioning))])) for w, p in plans]
                 terms += [(w, clean[(BASE, id(null))]) for w in w_null if w]
-                return mix(terms, x, float(alphas_cumprod[int(t)]))
+                return weighted_mean(terms)[0]
 
             height, width = path.height, path.width
-            encoded = denoise(model, predict, (len(targets), 4, height, width), self.steps, generator, self.callback)
+            encoded = denoise(model, predict, (len(targets), 4, height, width), self.steps, generator, self.callback,
+                              weight=sum(w_memory) + sum(w_null))
             out = Chunk(*decode_rgbd(encoded))
             state.add(out.rgb, out.depth, targets, lift=self.lift)
             chunk_index += 1

@@ -1,6 +1,7 @@
 """The world model: load and save a backbone folder (network + noise schedule), evaluate it, denoise a chunk."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,20 +207,47 @@ def predict_clean_batch(model: WorldModel, conditionings: Sequence[Conditioning]
 
 
 def denoise(model: WorldModel, predict: Callable[[torch.Tensor, float], torch.Tensor], shape: tuple, steps: int,
-            generator: torch.Generator, callback: Callable[[int], None] | None = None) -> torch.Tensor:
-    """DDIM from pure noise of ``shape`` [T,4,H,W], ``predict(x, t)`` giving the clean estimate; returns the last one."""
+            generator: torch.Generator, callback: Callable[[int], None] | None = None,
+            weight: float = 1.0) -> torch.Tensor:
+    """DDIM from pure noise of ``shape`` [T,4,H,W], ``predict(x, t)`` giving the clean estimate; returns the last one.
+
+    ``weight`` is the total ε weight W of a composition of scores (PoCE): ``predict`` then returns the
+    weighted mean Σ w·x0 / W of the experts' clean estimates, and each step integrates the composed
+    probability-flow ODE exactly under DDIM's own assumption (the estimates held for the step), which
+    is DDIM itself at W = 1.
+    """
     check_count(steps, "steps", 1, MAX_STEPS)
     # trailing spacing starts at the last training timestep, where pure noise is the right input, even for one step
     scheduler = DDIMScheduler.from_config(model.schedule.config, timestep_spacing="trailing")
     scheduler.set_timesteps(steps)
     x = torch.randn(shape, generator=generator)
     prediction = x
+    stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
     for i, t in enumerate(scheduler.timesteps):
         prediction = predict(x, float(t))
-        x = scheduler.step(prediction, t, x).prev_sample
+        if weight == 1:
+            x = scheduler.step(prediction, t, x).prev_sample
+        else:
+            before = scheduler.alphas_cumprod[int(t)]
+            after = scheduler.alphas_cumprod[int(t) - stride] if int(t) >= stride else scheduler.final_alpha_cumprod
+            x = composed_step(x, prediction, float(before), float(after), weight)
         if callback is not None:
             callback(i)
     return prediction
+
+
+def composed_step(x: torch.Tensor, mean: torch.Tensor, alpha_bar: float, alpha_bar_next: float,
+                  weight: float) -> torch.Tensor:
+    """One step of x = √ᾱ·x0 + √(1−ᾱ)·ε from ᾱ to ``alpha_bar_next`` under the score Σ w·ε_k with Σ w = ``weight``.
+
+    In x̃ = x/√ᾱ and σ = √((1−ᾱ)/ᾱ) the flow is dx̃/dσ = (W·x̃ − Σ w·x0_k)/σ; with the estimates
+    held, x̃ moves to ``mean`` + (x̃ − ``mean``)·(σ'/σ)^W: stable at any step size, where the
+    x0 form of the mixture, Σ w·x0_k + (1 − W)·x/√ᾱ, explodes at the first step from pure noise.
+    """
+    sigma = math.sqrt((1 - alpha_bar) / alpha_bar)
+    sigma_next = math.sqrt(max(1 - alpha_bar_next, 0.0) / alpha_bar_next)
+    scaled = x / math.sqrt(alpha_bar)
+    return math.sqrt(alpha_bar_next) * (mean + (scaled - mean) * (sigma_next / sigma) ** weight)
 
 
 def sample_chunk(model: WorldModel, conditioning: Conditioning, targets: int, steps: int, generator: torch.Generator,
