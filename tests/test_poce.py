@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from memory.world.poce import MODES, check_alpha, mix_denoised, weighted_mean, weights
+from memory.world.poce import MODES, check_alpha, gaussian_product, mix_denoised, weighted_mean, weights
 from memory.world.world_model import composed_step
 
 
@@ -126,3 +126,34 @@ def test_composed_step_stays_finite_from_pure_noise_where_the_x0_form_explodes()
     # one step to the end of the schedule lands on the experts' weighted mean, a value within their range
     assert torch.allclose(composed_step(x, mean, before, after, total), (a + b) / 2, atol=1e-3)
     assert mix_denoised(terms, x, math.sqrt(before)).abs().max() > 100
+
+
+def test_gaussian_product_weighs_experts_by_how_sure_they_are():
+    sure, unsure = torch.full((1, 4, 2, 2), 1.0), torch.full((1, 4, 2, 2), 0.0)
+    x = torch.randn(1, 4, 2, 2)
+    top = 1e-14  # the last timestep: the noisy sample says nothing
+    equal = gaussian_product([(1.0, sure, torch.ones_like(x)), (1.0, unsure, torch.ones_like(x))], x, top)
+    assert torch.allclose(equal, torch.full_like(x, 0.5), atol=1e-6)
+    weighed = gaussian_product([(1.0, sure, torch.full_like(x, 0.01)), (1.0, unsure, torch.ones_like(x))], x, top)
+    assert torch.allclose(weighed, torch.full_like(x, 1 / 1.01), atol=1e-5)
+
+
+def test_gaussian_poce_against_a_null_that_knows_nothing_keeps_a_sure_pixel():
+    x = torch.randn(1, 4, 2, 2)
+    mean, null = torch.full_like(x, 0.8), torch.zeros_like(x)
+    w_memory, w_null = weights("single", [2.0])
+    got = gaussian_product([(w_memory[0], mean, torch.full_like(x, 0.01)), (w_null[0], null, torch.ones_like(x))], x, 1e-9)
+    # precision 2/0.01 − 1/1: the mean moves 0.5 % away from the null, where the x0 form doubles the contrast (1.6)
+    assert torch.allclose(got, torch.full_like(x, 0.8 * 200 / 199), atol=1e-5)
+
+
+def test_gaussian_product_of_one_expert_is_that_expert_bit_for_bit():
+    mean, x = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    assert torch.equal(gaussian_product([(1.0, mean, torch.rand(2, 4, 3, 3) + 0.1)], x, 0.3), mean)
+
+
+def test_gaussian_product_falls_back_to_its_experts_where_the_null_is_surer_than_they_are():
+    x = torch.randn(1, 4, 1, 1)
+    mean, null = torch.full_like(x, 0.7), torch.full_like(x, 0.1)
+    got = gaussian_product([(2.0, mean, torch.ones_like(x)), (-1.0, null, torch.full_like(x, 0.4))], x, 1e-9)
+    assert torch.allclose(got, mean)

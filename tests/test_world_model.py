@@ -160,6 +160,37 @@ def test_training_runs_a_few_steps_saves_and_resumes(tmp_path, episode):
     assert all(entry["loss"] == entry["loss"] and entry["loss"] > 0 for entry in log)
 
 
+def test_variance_head_leaves_the_clean_estimate_as_it_is(tmp_path):
+    torch.manual_seed(4)
+    model = MosaicDiT(hidden_size=32, depth=1, num_heads=1, rope_dims=(8, 12, 12), variance_channels=4)
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.1)  # a trained-looking head, not the zero-initialised one
+    x = torch.randn(1, 3, 4, 16, 16)
+    args = (x, torch.tensor([[0, 500, 500]]), torch.randn(1, 3, 6, 16, 16), torch.randn(1, 3, 6, 16, 16))
+    clean, log_variance = model(*args, with_variance=True)
+    assert torch.equal(clean, model(*args)) and log_variance.shape == x.shape
+    with pytest.raises(ValueError, match="^with_variance: this backbone has no variance head"):
+        MosaicDiT(hidden_size=32, depth=1, num_heads=1, rope_dims=(8, 12, 12))(*args, with_variance=True)
+    with pytest.raises(ValueError, match="variance_channels 3"):
+        MosaicDiT(hidden_size=32, depth=1, num_heads=1, rope_dims=(8, 12, 12), variance_channels=3)
+
+
+def test_variance_head_training_keeps_the_network_and_learns_its_error(tmp_path, tiny_model_dir):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ep.safetensors").symlink_to(SAMPLE_EPISODE)
+    config = TrainConfig(data=data, out=tmp_path / "run", steps=30, batch_size=2, save_every=10, workers=0, seed=1,
+                         lr=1e-2, init=tiny_model_dir, variance_head=True, self_forcing=False)
+    checkpoint = train(config)
+    before, after = load_world_model(tiny_model_dir), load_world_model(checkpoint)
+    assert after.predicts_variance and not before.predicts_variance
+    trunk = after.network.state_dict()
+    assert all(torch.equal(trunk[name], value) for name, value in before.network.state_dict().items())
+    log = [json.loads(line)["loss"] for line in (tmp_path / "run" / "loss.jsonl").read_text().splitlines()]
+    # Gaussian likelihood of the frozen network's errors: falls as the head learns their size (0 at log-variance 0)
+    assert sum(log[-5:]) / 5 < sum(log[:5]) / 5 - 0.05
+
+
 def test_load_world_model_rejects_bad_folders(tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match="no config.json"):
         load_world_model(tmp_path)

@@ -25,12 +25,15 @@ def main() -> None:
     parser.add_argument("--generated-confidence", type=float, default=None,
                         help="coverage value of mosaic pixels warped from generated frames (saved in the model's "
                              "config; default: keep the model's, 1 for a new one)")
+    parser.add_argument("--variance-head", action="store_true",
+                        help="train only a variance head (added if --init has none) on the frozen network, by "
+                             "Gaussian likelihood: the clean estimates stay exactly as they are")
     args = parser.parse_args()
     train(TrainConfig(data=args.data, out=args.out, steps=args.steps, minutes=args.minutes,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, save_every=args.save_every,
                       threads=args.threads, workers=args.workers,
                       init=args.init, self_forcing=not args.no_self_forcing, shards=args.shards,
-                      generated_confidence=args.generated_confidence))
+                      generated_confidence=args.generated_confidence, variance_head=args.variance_head))
 
 
 if __name__ == "__main__":

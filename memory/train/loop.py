@@ -13,10 +13,10 @@ from diffusers import DDPMScheduler
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from ..world.backbones.mosaic_dit import MosaicDiT, training_schedule
+from ..world.backbones.mosaic_dit import RGBD_CHANNELS, MosaicDiT, training_schedule
 from ..world.world_model import CONFIG_RANGES, save_world_model
 from .distributed import Ranks, joined
-from .loss import training_loss
+from .loss import training_loss, variance_loss
 from .stream import WindowStream
 from .windows import load_episodes
 
@@ -42,6 +42,8 @@ class TrainConfig:
     # the global batch is drawn as this many equal shards, each from its own seeded window stream (default: one
     # per process); the same shards give the same run on any number of processes that divides them
     shards: int | None = None
+    # train only the variance head on the frozen network (added to an --init model that has none)
+    variance_head: bool = False
 
 
 def save_checkpoint(model: MosaicDiT, scheduler: DDPMScheduler, optimizer: torch.optim.Optimizer, step: int,
@@ -96,6 +98,21 @@ def check_shards(config: TrainConfig, ranks: Ranks) -> int:
     return shards
 
 
+def with_variance_head(model: MosaicDiT) -> MosaicDiT:
+    """``model`` with only its variance head trainable; one with none gets a new, zero-initialised head (one map per channel)."""
+    if not model.config.variance_channels:
+        trunk = model.state_dict()
+        # private keys dropped: diffusers resets the keys "_use_default_values" lists to their defaults
+        settings = {key: value for key, value in model.config.items() if not key.startswith("_")}
+        model = MosaicDiT.from_config({**settings, "variance_channels": RGBD_CHANNELS})
+        missing, unexpected = model.load_state_dict(trunk, strict=False)
+        if unexpected or any(not name.startswith("variance.") for name in missing):
+            raise ValueError(f"init: the model's weights do not fit a variance head beside them ({unexpected[:3]}).")
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith("variance."))
+    return model
+
+
 def train(config: TrainConfig) -> Path:
     """Train (or resume) until ``steps`` or ``minutes``; returns the checkpoint folder (a diffusers model folder).
 
@@ -124,11 +141,15 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
         raise ValueError(f"init: {start} is not a model folder (no config.json); give a folder written by "
                          "save_pretrained, e.g. memory/weights/mosaic_dit.")
     model = MosaicDiT.from_pretrained(start) if start is not None else MosaicDiT()
+    if config.variance_head:
+        model = with_variance_head(model)
     if config.generated_confidence is not None:
         # an input convention of the model, so it is saved in its config and every caller reads it there
         model.register_to_config(generated_confidence=config.generated_confidence)
     model.to(ranks.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.01)
+    objective = variance_loss if config.variance_head else training_loss
     step = load_checkpoint(checkpoint, optimizer) if resuming else 0
     # the schedule is chosen once, when a run starts, and travels with every checkpoint from then on
     scheduler = DDPMScheduler.from_pretrained(start) if start is not None else training_schedule(
@@ -166,10 +187,10 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
         clean, mosaic, rays = (torch.cat(parts).to(ranks.device) for parts in zip(*batches))
         for group in optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup)
-        loss = training_loss(trained, scheduler, clean, mosaic, rays, generator, ranks)
+        loss = objective(trained, scheduler, clean, mosaic, rays, generator, ranks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         step += 1
         logged = ranks.mean(loss.detach()).item()  # the whole batch's loss

@@ -26,17 +26,14 @@ LAST_TIMESTEP_SHARE = 0.5
 DEPTH_WEIGHT = 0.5
 
 
-def training_loss(model: MosaicDiT | DistributedDataParallel, scheduler: DDPMScheduler, clean: torch.Tensor,
-                  mosaic: torch.Tensor, rays: torch.Tensor, generator: torch.Generator,
-                  ranks: Ranks = ONE_PROCESS) -> torch.Tensor:
-    """Coverage-weighted MSE of the predicted clean target colours plus their relative depth error.
+def noised_inputs(network: MosaicDiT, scheduler: DDPMScheduler, clean: torch.Tensor, mosaic: torch.Tensor,
+                  generator: torch.Generator, ranks: Ranks = ONE_PROCESS) -> tuple[torch.Tensor, ...]:
+    """(noisy frames, timesteps, mosaic) of a batch of windows as training draws them.
 
     Context frames are clean, slightly noised (CONTEXT_NOISE), or pure noise at rate NULL_CONTEXT, and
     then often without a mosaic as well (the null memory). Under data parallelism the windows are this
-    process's rows of a global batch split evenly over ``ranks``; the loss averaged over the processes
-    is then the one process's loss of the whole batch.
+    process's rows of a global batch split evenly over ``ranks``, and the draws are the whole batch's.
     """
-    network = model.module if isinstance(model, DistributedDataParallel) else model
     b, f = clean.shape[:2]
     total, rows = b * ranks.world_size, slice(ranks.rank * b, (ranks.rank + 1) * b)
 
@@ -62,9 +59,41 @@ def training_loss(model: MosaicDiT | DistributedDataParallel, scheduler: DDPMSch
     noise = draw(torch.randn((total, *clean.shape[1:]), generator=generator))
     noisy = scheduler.add_noise(clean.flatten(0, 1), noise.flatten(0, 1), timesteps.flatten()).view_as(clean)
     noisy = torch.where((timesteps == 0)[:, :, None, None, None], clean, noisy)
+    return noisy, timesteps, mosaic
+
+
+def training_loss(model: MosaicDiT | DistributedDataParallel, scheduler: DDPMScheduler, clean: torch.Tensor,
+                  mosaic: torch.Tensor, rays: torch.Tensor, generator: torch.Generator,
+                  ranks: Ranks = ONE_PROCESS) -> torch.Tensor:
+    """Coverage-weighted MSE of the predicted clean target colours plus their relative depth error (inputs: noised_inputs).
+
+    Averaged over the processes, the loss is the one process's loss of the whole batch.
+    """
+    network = model.module if isinstance(model, DistributedDataParallel) else model
+    c = network.config.context_frames
+    noisy, timesteps, mosaic = noised_inputs(network, scheduler, clean, mosaic, generator, ranks)
     pred = model(noisy, timesteps, mosaic, rays)
     error = pred[:, c:, :3] - clean[:, c:, :3]
     weight = 1 + (COVERED_WEIGHT - 1) * mosaic[:, c:, 4:5]
     # normalised by the whole batch's mean weight, so that the processes' losses average to the whole batch's
     return ((weight * error.pow(2)).mean() / ranks.mean(weight.mean())
             + DEPTH_WEIGHT * depth_loss(pred[:, c:, 3], clean[:, c:, 3]).mean())
+
+
+def variance_loss(model: MosaicDiT | DistributedDataParallel, scheduler: DDPMScheduler, clean: torch.Tensor,
+                  mosaic: torch.Tensor, rays: torch.Tensor, generator: torch.Generator,
+                  ranks: Ranks = ONE_PROCESS) -> torch.Tensor:
+    """Gaussian negative log-likelihood of the clean targets under the predicted mean (held fixed) and log-variance.
+
+    Its minimum is the log of the expected squared error of each pixel's estimate, so the head learns
+    how wrong the network tends to be there: in covered or uncovered space, on observed or generated
+    mosaics, under the null memory. The same draws as training_loss.
+    """
+    network = model.module if isinstance(model, DistributedDataParallel) else model
+    c = network.config.context_frames
+    noisy, timesteps, mosaic = noised_inputs(network, scheduler, clean, mosaic, generator, ranks)
+    pred, log_variance = model(noisy, timesteps, mosaic, rays, with_variance=True)
+    shared = pred.shape[2] // log_variance.shape[2]
+    log_variance = log_variance[:, c:].repeat_interleave(shared, dim=2)
+    error = (pred[:, c:].detach() - clean[:, c:]).pow(2)
+    return 0.5 * (error * torch.exp(-log_variance) + log_variance).mean()

@@ -13,7 +13,14 @@ division by √(1−ᾱ) that ε needs. Where Σ w ≠ 1 (``poce`` with several 
 is huge where ᾱ is small, so a sampler handed this x0 takes wild steps from pure noise. The
 rollout therefore integrates the mixture instead: ``weighted_mean`` gives Σ w·x0 / Σ w and
 ``world_model.composed_step`` solves the flow of the summed scores under DDIM's assumption; at one
-step from the last timestep that lands on the weighted mean. ``mix_denoised`` is the exact x0 for
+step from the last timestep that lands on the weighted mean. That treats every expert as equally
+sure of every pixel. A backbone with a variance head says how sure each prediction is, and then
+``gaussian_product`` composes the experts' Gaussian posteriors exactly: Π p_k^w weighs each expert
+by its precision, so an expert that knows a pixel (a memory that saw it) outvotes one that guesses,
+and contrast against a null that knows nothing barely moves a pixel an expert is sure of. This is the
+product PoCE defines, of the experts' clean distributions; summed scores of the noisy ones only
+approximate it, however finely integrated (the product of noised densities is not the noised product).
+``mix_denoised`` is the exact x0 for
 samplers that step themselves, for any x = s·x0 + σ·ε, such as ComfyUI's (s = 1 for ε and v models,
 s = 1 − σ for flow matching), whose guiders return x0.
 """
@@ -26,6 +33,9 @@ import torch
 
 MODES = ("poce", "poce_normalized", "poe", "single")
 DEFAULT_ALPHA = 2.0
+# Π p_k^w with negative (null) weights is no distribution where the null is surer than the experts; there the
+# product falls back to its positively weighted experts, below this share of their precision
+PRECISION_FLOOR = 0.1
 
 
 def check_alpha(alpha: object, name: str = "alpha") -> float:
@@ -73,3 +83,23 @@ def weighted_mean(terms: Sequence[tuple[float, torch.Tensor]]) -> tuple[torch.Te
     """Σ w·x0 / W and W = Σ w of (w, x0) pairs: what a sampler that integrates the ε mixture needs (W ≥ 1 in every mode)."""
     total = sum(w for w, _ in terms)
     return sum(w * x0 for w, x0 in terms if w != 0) / total, total
+
+
+def gaussian_product(terms: Sequence[tuple[float, torch.Tensor, torch.Tensor]], x: torch.Tensor,
+                     alpha_bar: float) -> torch.Tensor:
+    """The clean estimate of Π p_k(x0)^w for experts given as (w, mean, variance) posteriors at noisy ``x``, ᾱ = ``alpha_bar``.
+
+    Each posterior already holds the likelihood of x once, so the product holds it W = Σ w times and
+    gets 1 − W copies back: precision Σ w/v + (1 − W)·ᾱ/(1 − ᾱ), and the matching precision-weighted
+    mean. At the last timestep the likelihood vanishes and this is the product of the experts' guesses.
+    """
+    if len(terms) == 1 and terms[0][0] == 1:
+        return terms[0][1]  # one expert as it is, bit for bit
+    total = sum(w for w, _, _ in terms)
+    likelihood = alpha_bar / (1 - alpha_bar)
+    precision = sum(w / v for w, _, v in terms) + (1 - total) * likelihood
+    weighted = sum(w * m / v for w, m, v in terms) + (1 - total) * math.sqrt(alpha_bar) / (1 - alpha_bar) * x
+    positive = [(w, m, v) for w, m, v in terms if w > 0]
+    own_precision = sum(w / v for w, _, v in positive)
+    own = sum(w * m / v for w, m, v in positive) / own_precision
+    return torch.where(precision > PRECISION_FLOOR * own_precision, weighted / precision.clamp_min(1e-12), own)

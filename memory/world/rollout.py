@@ -24,7 +24,7 @@ from .experts import (
 )
 from .lora import EpisodicLoRA, lora_network, stream_update
 from .mosaic import MOSAIC_CHANNELS, Mosaic
-from .poce import weighted_mean, weights
+from .poce import gaussian_product, weighted_mean, weights
 from .rgbd import decode_rgbd
 from .world_model import WorldModel, denoise, predict_clean_batch, sample_chunk
 
@@ -117,6 +117,7 @@ class Rollout:
         yield Chunk(frames, depth)
         lora_model = None if state.lora is None else lora_network(model, state.lora)
         w_memory, w_null = weights(self.composition.mode, self.composition.alphas)
+        gaussian, alphas_cumprod = model.predicts_variance, model.schedule.alphas_cumprod
         chunk_index = 0
         streams = stream_schedule(model, self.composition, known, len(path), self.chunk)
         while state.done < len(path):
@@ -138,18 +139,25 @@ class Rollout:
                 # evaluations of one network go through it batched
                 wanted = [(p.network, p.conditioning) for _, p in plans] + [(BASE, null)] * any(w_null)
                 unique = {(network, id(c)): (network, c) for network, c in wanted}
-                clean = {}
+                out = {}
                 for network in {network for network, _ in unique.values()}:
                     keys = [key for key, (n, _) in unique.items() if n == network]
-                    predictions = predict_clean_batch(networks[network], [unique[k][1] for k in keys], x, t, noise)
-                    clean |= dict(zip(keys, predictions))
-                terms = [(w, p.apply_guidance(clean[(p.network, id(p.conditioning))])) for w, p in plans]
-                terms += [(w, clean[(BASE, id(null))]) for w in w_null if w]
-                return weighted_mean(terms)[0]
+                    predictions = predict_clean_batch(networks[network], [unique[k][1] for k in keys], x, t, noise,
+                                                      with_variance=gaussian)
+                    out |= dict(zip(keys, predictions))
+                clean = {key: value[0] if gaussian else value for key, value in out.items()}
+                terms = [(w, p.apply_guidance(clean[(p.network, id(p.conditioning))]), (p.network, id(p.conditioning)))
+                         for w, p in plans]
+                terms += [(w, clean[(BASE, id(null))], (BASE, id(null))) for w in w_null if w]
+                if gaussian:
+                    return gaussian_product([(w, x0, out[key][1]) for w, x0, key in terms], x,
+                                            float(alphas_cumprod[int(t)]))
+                return weighted_mean([(w, x0) for w, x0, _ in terms])[0]
 
             height, width = path.height, path.width
+            # a Gaussian product is the composed posterior's own mean, stepped as DDIM steps one model's
             encoded = denoise(model, predict, (len(targets), 4, height, width), self.steps, generator, self.callback,
-                              weight=sum(w_memory) + sum(w_null))
+                              weight=1.0 if gaussian else sum(w_memory) + sum(w_null))
             out = Chunk(*decode_rgbd(encoded))
             state.add(out.rgb, out.depth, targets, lift=self.lift)
             chunk_index += 1

@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..limits import MAX_JSON_CHARS, MAX_STEPS, check_count, parse_json
-from .backbones.mosaic_dit import MosaicDiT, training_schedule
+from .backbones.mosaic_dit import RGBD_CHANNELS, MosaicDiT, training_schedule
 from .conditioning import Conditioning
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "mosaic_dit"
@@ -22,6 +22,7 @@ CONFIG_RANGES: dict[str, tuple] = {
     "patch_size": (1, 64), "hidden_size": (1, 8192), "depth": (1, 256), "num_heads": (1, 256),
     "rope_dims": (0, 8192), "rope_theta": (1e-3, 1e9), "num_train_timesteps": (1, 100_000),
     "context_frames": (0, 64), "mosaic_frames": (0, 64), "generated_confidence": (1e-3, 1.0),
+    "variance_channels": (0, 4),
 }
 SCHEDULE_FILE = "scheduler_config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model"
@@ -49,6 +50,11 @@ class WorldModel:
     def generated_confidence(self) -> float:
         """Coverage value of mosaic pixels warped from generated frames (declared in its config; observed ones are 1)."""
         return float(self.network.config.generated_confidence)
+
+    @property
+    def predicts_variance(self) -> bool:
+        """Whether the backbone has a variance head (how sure each clean estimate is), which PoCE then weighs by."""
+        return bool(self.network.config.get("variance_channels", 0))
 
     @property
     def top_timestep(self) -> int:
@@ -187,9 +193,12 @@ def predict_clean(model: WorldModel, conditioning: Conditioning, x: torch.Tensor
 
 
 def predict_clean_batch(model: WorldModel, conditionings: Sequence[Conditioning], x: torch.Tensor, t: float,
-                        noise: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """:func:`predict_clean` under each conditioning, in one batched forward per context length (the same numbers, fewer calls)."""
-    out: list[torch.Tensor | None] = [None] * len(conditionings)
+                        noise: torch.Tensor | None = None, with_variance: bool = False) -> list:
+    """:func:`predict_clean` under each conditioning, in one batched forward per context length (the same numbers, fewer calls).
+
+    ``with_variance`` (a backbone with a variance head): each item is (clean, variance), both [T,4,H,W].
+    """
+    out: list = [None] * len(conditionings)
     groups: dict[int, list[int]] = {}
     for i, conditioning in enumerate(conditionings):
         groups.setdefault(conditioning.context_frames, []).append(i)
@@ -200,9 +209,16 @@ def predict_clean_batch(model: WorldModel, conditionings: Sequence[Conditioning]
         with torch.no_grad():
             # timesteps stay float32: bfloat16 cannot tell 999 from 1000, and the network embeds them in float32
             predicted = model.network(sample.to(**as_net), timesteps.to(model.device), mosaic.to(**as_net),
-                                      rays.to(**as_net))
+                                      rays.to(**as_net), with_variance=with_variance)
+        if with_variance:
+            clean, log_variance = predicted
+            shared = RGBD_CHANNELS // log_variance.shape[2]
+            variance = log_variance[:, context:].float().exp().repeat_interleave(shared, dim=2).cpu()
+        else:
+            clean = predicted
         for row, i in enumerate(members):
-            out[i] = predicted[row, context:].float().cpu()
+            mean = clean[row, context:].float().cpu()
+            out[i] = (mean, variance[row]) if with_variance else mean
     return out
 
 

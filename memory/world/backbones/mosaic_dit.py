@@ -86,14 +86,17 @@ class MosaicDiT(ModelMixin, ConfigMixin):
     ``mosaic_frames`` frames (1 for the embedded model: warping older frames too measured 1 dB worse,
     from their stale view-dependent shading). ``generated_confidence`` is the coverage value a mosaic
     carries where it shows a generated frame rather than an observed one (1: no distinction), so the
-    network can keep observed geometry and repair its own frames.
+    network can keep observed geometry and repair its own frames. ``variance_channels`` > 0 adds a
+    head that predicts the log-variance of the clean estimate (one map per RGB-D channel, or one shared
+    by all), trained by Gaussian likelihood on the frozen network: how sure the prediction is, which
+    PoCE needs to weigh experts against each other (``poce.gaussian_product``).
     """
 
     @register_to_config
     def __init__(self, patch_size: int = 8, hidden_size: int = 128, depth: int = 4, num_heads: int = 4,
                  rope_dims: tuple[int, int, int] = (8, 12, 12), rope_theta: float = 100.0,
                  num_train_timesteps: int = 1000, context_frames: int = 2, mosaic_frames: int = 1,
-                 generated_confidence: float = 1.0):
+                 generated_confidence: float = 1.0, variance_channels: int = 0):
         super().__init__()
         head_dim = hidden_size // num_heads
         if sum(rope_dims) != head_dim or any(d % 2 for d in rope_dims):
@@ -106,7 +109,14 @@ class MosaicDiT(ModelMixin, ConfigMixin):
         self.norm_out = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.out_modulation = nn.Linear(hidden_size, 2 * hidden_size)
         self.out = nn.Linear(hidden_size, RGBD_CHANNELS * p2)
-        for layer in (self.out_modulation, self.out):
+        zeroed = [self.out_modulation, self.out]
+        if variance_channels:
+            if RGBD_CHANNELS % variance_channels:
+                raise ValueError(f"variance_channels {variance_channels} must divide the {RGBD_CHANNELS} RGB-D channels.")
+            self.variance = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.SiLU(),
+                                          nn.Linear(hidden_size, variance_channels * p2))
+            zeroed.append(self.variance[2])
+        for layer in zeroed:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -126,10 +136,12 @@ class MosaicDiT(ModelMixin, ConfigMixin):
         return x.reshape(b, frames, -1, height, width)
 
     def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, mosaic: torch.Tensor, rays: torch.Tensor,
-                mosaic_tokens: torch.Tensor | None = None, mosaic_positions: torch.Tensor | None = None) -> torch.Tensor:
+                mosaic_tokens: torch.Tensor | None = None, mosaic_positions: torch.Tensor | None = None,
+                with_variance: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Clean RGB-D [B,F,4,H,W] predicted from ``sample`` [B,F,4,H,W], ``timesteps`` [B,F], ``mosaic`` [B,F,6,H,W],
         ``rays`` [B,F,6,H,W]; optional clean ``mosaic_tokens`` [B,M,4*p*p] at ``mosaic_positions`` [B,M,3]
-        (frame, token row, token column; fractional allowed)."""
+        (frame, token row, token column; fractional allowed). ``with_variance``: also its log-variance
+        [B,F,variance_channels,H,W] (needs the variance head)."""
         b, f, _, height, width = sample.shape
         p = self.config.patch_size
         if height % p or width % p:
@@ -152,10 +164,16 @@ class MosaicDiT(ModelMixin, ConfigMixin):
         for block in self.blocks:
             x = block(x, cond, rotation)
         shift, scale = self.out_modulation(F.silu(cond)).chunk(2, -1)
-        x = self.out(self.norm_out(x) * (1 + scale) + shift)[:, : f * h * w]
+        features = (self.norm_out(x) * (1 + scale) + shift)[:, : f * h * w]
         # geometry first: the prediction is a correction of the mosaic's RGB-D, so an untrained network
         # already returns the warped frames and training only has to learn what geometry cannot give
-        return mosaic[:, :, :RGBD_CHANNELS] + self.unpatchify(x, f, height, width)
+        clean = mosaic[:, :, :RGBD_CHANNELS] + self.unpatchify(self.out(features), f, height, width)
+        if not with_variance:
+            return clean
+        if not self.config.variance_channels:
+            raise ValueError("with_variance: this backbone has no variance head (variance_channels 0).")
+        # the head reads the same features without changing them: the clean estimate is the same either way
+        return clean, self.unpatchify(self.variance(features), f, height, width)
 
 
 def training_schedule(num_train_timesteps: int = 1000) -> DDPMScheduler:
