@@ -62,7 +62,11 @@ def test_a_product_of_copies_of_one_expert_is_that_expert_at_one_step_and_stays_
     truth = episode.rgb[episode.context_frames:episode.context_frames + 8].float() / 255
     single, _ = generate(model, episode, Composition((BaseExpert(1.0),), "single"), frames=8)
     twice, _ = generate(model, episode, Composition((BaseExpert(1.0), BaseExpert(1.0)), "poe"), frames=8)
-    assert torch.equal(twice, single)
+    # the Gaussian product of two copies is the copy up to the likelihood at the last timestep (ᾱ 2e-9) and float
+    # rounding: the first chunk to within half an 8-bit level; later chunks re-warp it, where a rounding can flip
+    # which surface wins a pixel
+    assert torch.allclose(twice[:4], single[:4], atol=0.5 / 255)
+    assert psnr(twice, single) > 40.0
     sharper, _ = generate(model, episode, Composition((BaseExpert(1.0), BaseExpert(1.0)), "poe"), frames=8, steps=4)
     # the square of the base distribution at 4 steps: within a few dB of the base model, far from the 5 dB of noise
     assert psnr(sharper, truth) > psnr(single, truth) - 3.0
