@@ -13,7 +13,9 @@ Measured, with ``steps`` and ``chunk`` at the rollout's defaults:
   frame 100 (100 = a tenth of ``--frames``); beside it the same ratio of a full-context baseline that
   grows: the backbone reading every previous frame as clean context, one chunk timed at each history
 - ``poce3_step_in_evals``: one denoising step of base + short-term + spatial (mode poce) over one
-  backbone evaluation (``predict_clean`` of the base conditioning), and the evaluations it counts
+  backbone evaluation (the base conditioning, evaluated as a rollout evaluates it: with the variance
+  head where the backbone has one; ``poce3_step_in_mean_only_evals``: over the evaluation without it),
+  and the evaluations it counts
 - ``lora_stream_overhead``: the full composition with streaming over the same without, per chunk
 - ``lora_stream_over_base``: the full composition with streaming over the base model alone, per chunk
   (``ltm_stream_over_base``: the long-term expert alone, streaming, over the base model)
@@ -58,7 +60,7 @@ from memory.world.experts import (  # noqa: E402
     DEFAULT_STM_FRAMES, BaseExpert, Composition, LongTermExpert, ShortTermExpert, SpatialExpert)
 from memory.world.mosaic import Mosaic  # noqa: E402
 from memory.world.poce import DEFAULT_ALPHA  # noqa: E402
-from memory.world.world_model import WorldModel, load_world_model, predict_clean  # noqa: E402
+from memory.world.world_model import WorldModel, load_world_model, predict_clean, predict_clean_batch  # noqa: E402
 
 # Sibling modules: their folder is first on sys.path when this file runs as a script.
 import plots  # noqa: E402
@@ -90,6 +92,7 @@ class Timing:
     patches: list[int] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
     unit_seconds: list[float] = field(default_factory=list)
+    mean_only_unit_seconds: list[float] = field(default_factory=list)
 
     def per_frame(self) -> list[float]:
         """Seconds per generated frame of each chunk."""
@@ -168,14 +171,22 @@ class TimedRun:
         self.ticks.append(now)
 
     def time_unit(self) -> float:
-        """Time one lone evaluation of the chunk's base conditioning between two steps (the unit, under the same load)."""
+        """Time one lone evaluation of the chunk's base conditioning between two steps (the unit, under the same load).
+
+        The unit is the evaluation as a rollout runs it: with the variance head where the backbone has one.
+        The same evaluation without the head is timed beside it (``poce3_step_in_mean_only_evals``).
+        """
         state = self.rollout.state
         targets = state.path.c2w[state.done:state.done + self.chunk]
         x = torch.randn(len(targets), 4, state.path.height, state.path.width)
+        conditioning, t = state.base(targets), float(self.model.top_timestep)
         tick = time.perf_counter()
-        predict_clean(self.model, state.base(targets), x, float(self.model.top_timestep))
+        predict_clean_batch(self.model, [conditioning], x, t, with_variance=self.model.predicts_variance)
+        middle = time.perf_counter()
+        predict_clean(self.model, conditioning, x, t)
         now = time.perf_counter()
         self.timing.unit_seconds.append(now - tick)
+        self.timing.mean_only_unit_seconds.append(now - middle)
         return now
 
     def advance(self) -> bool:
@@ -314,6 +325,8 @@ def summarise(t: dict[str, Timing], unit: float, probe_calls: list[Evaluation], 
     return {
         "frame1000_over_frame100": at_late / at_early,
         "poce3_step_in_evals": step / unit,
+        # the unit without the variance head, which the step's evaluations do run
+        "poce3_step_in_mean_only_evals": step / statistics.median(probe.mean_only_unit_seconds),
         "lora_stream_overhead": chunk["full_stream"] / chunk["full"],
         "lora_stream_over_base": chunk["full_stream"] / chunk["base"],
         "ltm_stream_over_base": chunk["ltm_stream"] / chunk["base"],
@@ -331,11 +344,12 @@ def summarise(t: dict[str, Timing], unit: float, probe_calls: list[Evaluation], 
         },
         "poce3_evaluations_per_step": sum(len(e.context_frames) for e in probe_calls) / steps_run,
         "poce3_forwards_per_step": sum(e.forwards for e in probe_calls) / steps_run,
-        # the evaluations alone (the short-term expert's reads 4 context frames, not 2, so it costs more than one)
+        # the evaluations alone (a short-term window longer than the model's context costs more than one)
         "poce3_step_evaluations_in_evals": sum(e.seconds for e in probe_calls) / steps_run / unit,
         "poce3_step_seconds": step,
         "poce3_chunk_overhead_in_evals": statistics.median(s - PROBE_STEPS * step for s in probe.seconds) / unit,
         "evaluation_seconds": unit,
+        "evaluation_seconds_mean_only": statistics.median(probe.mean_only_unit_seconds),
         "evaluations_per_chunk": {name: statistics.median(x.evaluations) for name, x in t.items()},
         "chunk_seconds_median": chunk,
         "stream_step_seconds": stream_step,

@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from memory.world.poce import MODES, check_alpha, gaussian_product, mix_denoised, weighted_mean, weights
+from memory.world.poce import (
+    MODES, check_alpha, gaussian_product, mix_denoised, prior_variance, weighted_mean, weights,
+)
 from memory.world.world_model import composed_step
 
 
@@ -157,3 +159,32 @@ def test_gaussian_product_falls_back_to_its_experts_where_the_null_is_surer_than
     mean, null = torch.full_like(x, 0.7), torch.full_like(x, 0.1)
     got = gaussian_product([(2.0, mean, torch.ones_like(x)), (-1.0, null, torch.full_like(x, 0.4))], x, 1e-9)
     assert torch.allclose(got, mean)
+
+
+def test_prior_variance_is_at_least_the_experts_spread_plus_the_gap_of_the_means():
+    torch.manual_seed(5)
+    mean, null = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    variance, null_variance = torch.rand(2, 4, 3, 3) + 0.01, torch.rand(2, 4, 3, 3) * 4
+    got = prior_variance(mean, variance, null, null_variance)
+    assert torch.all(got >= null_variance) and torch.all(got >= variance + (mean - null).pow(2))
+    # an honest null (already wider than both) is kept as it is
+    wide = variance + (mean - null).pow(2) + 1
+    assert torch.equal(prior_variance(mean, variance, null, wide), wide)
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 4.0])
+def test_contrast_against_a_bounded_null_moves_an_expert_at_most_a_fraction_of_its_spread(alpha):
+    torch.manual_seed(6)
+    mean, null = torch.rand(1, 4, 16, 16), torch.rand(1, 4, 16, 16)
+    variance = torch.rand(1, 4, 16, 16) * 0.1 + 1e-3
+    # a null head that claims to be as sure as the expert (or surer) everywhere
+    overconfident = variance * torch.rand(1, 4, 16, 16)
+    w_memory, w_null = weights("single", [alpha])
+    x = torch.randn_like(mean)
+    raw = gaussian_product([(w_memory[0], mean, variance), (w_null[0], null, overconfident)], x, 1e-9)
+    bounded = gaussian_product([(w_memory[0], mean, variance),
+                                (w_null[0], null, prior_variance(mean, variance, null, overconfident))], x, 1e-9)
+    limit = (alpha - 1) / 2 * (variance / alpha).sqrt()
+    assert torch.all((bounded - mean).abs() <= limit * (1 + 1e-4))
+    # the same null unbounded drives some pixels much further than that
+    assert ((raw - mean).abs() > 2 * limit).any()

@@ -20,6 +20,8 @@ by its precision, so an expert that knows a pixel (a memory that saw it) outvote
 and contrast against a null that knows nothing barely moves a pixel an expert is sure of. This is the
 product PoCE defines, of the experts' clean distributions; summed scores of the noisy ones only
 approximate it, however finely integrated (the product of noised densities is not the noised product).
+Each expert's null enters its product as that expert's prior (``prior_variance``): no surer than the
+expert plus the gap between their means, so α > 1 sharpens an expert instead of extrapolating past it.
 ``mix_denoised`` is the exact x0 for
 samplers that step themselves, for any x = s·x0 + σ·ε, such as ComfyUI's (s = 1 for ε and v models,
 s = 1 − σ for flow matching), whose guiders return x0.
@@ -103,3 +105,16 @@ def gaussian_product(terms: Sequence[tuple[float, torch.Tensor, torch.Tensor]], 
     own_precision = sum(w / v for w, _, v in positive)
     own = sum(w * m / v for w, m, v in positive) / own_precision
     return torch.where(precision > PRECISION_FLOOR * own_precision, weighted / precision.clamp_min(1e-12), own)
+
+
+def prior_variance(mean: torch.Tensor, variance: torch.Tensor, null_mean: torch.Tensor,
+                   null_variance: torch.Tensor) -> torch.Tensor:
+    """The null's variance as the prior of one expert's posterior: at least the expert's variance plus their means' squared gap.
+
+    By the law of total variance a prior spreads at least as far as what the memory leaves open plus
+    how far the memory moves the mean; a null head that claims less (it guesses "nothing" without
+    seeing what the expert saw) turns α > 1 into extrapolation far past both means. Bounded, the
+    contrast p^α / p_null^(α−1) moves an expert's mean by at most (α−1)/2·√(v/α), and its precision
+    α/v − (α−1)/v_null never falls below 1/v. All tensors share a shape.
+    """
+    return torch.maximum(null_variance, variance + (mean - null_mean).pow(2))

@@ -24,7 +24,7 @@ from .experts import (
 )
 from .lora import EpisodicLoRA, lora_network, stream_update
 from .mosaic import MOSAIC_CHANNELS, Mosaic
-from .poce import gaussian_product, weighted_mean, weights
+from .poce import gaussian_product, prior_variance, weighted_mean, weights
 from .rgbd import decode_rgbd
 from .world_model import WorldModel, denoise, predict_clean_batch, sample_chunk
 
@@ -129,7 +129,9 @@ class Rollout:
                                            (self.seed + chunk_index) % (MAX_SEED + 1), self.lora_callback)
                 lora_model = lora_network(model, state.lora)
             targets = path.c2w[state.done:state.done + self.chunk]
-            plans = [(w, plan(expert, state, targets)) for expert, w in zip(self.composition.experts, w_memory) if w]
+            # each expert with the weight of its own null (in every mode an expert without weight has no null)
+            plans = [(w, v, plan(expert, state, targets))
+                     for expert, w, v in zip(self.composition.experts, w_memory, w_null) if w]
             null = state.null(targets)
             noise = torch.randn(null.context.shape, generator=null_generator) if any(w_null) else None
             networks = {BASE: model, LORA: lora_model}
@@ -137,7 +139,7 @@ class Rollout:
             def predict(x: torch.Tensor, t: float) -> torch.Tensor:
                 # experts that read the same network under the same conditioning share one evaluation, and the
                 # evaluations of one network go through it batched
-                wanted = [(p.network, p.conditioning) for _, p in plans] + [(BASE, null)] * any(w_null)
+                wanted = [(p.network, p.conditioning) for _, _, p in plans] + [(BASE, null)] * any(w_null)
                 unique = {(network, id(c)): (network, c) for network, c in wanted}
                 out = {}
                 for network in {network for network, _ in unique.values()}:
@@ -145,14 +147,19 @@ class Rollout:
                     predictions = predict_clean_batch(networks[network], [unique[k][1] for k in keys], x, t, noise,
                                                       with_variance=gaussian)
                     out |= dict(zip(keys, predictions))
-                clean = {key: value[0] if gaussian else value for key, value in out.items()}
-                terms = [(w, p.apply_guidance(clean[(p.network, id(p.conditioning))]), (p.network, id(p.conditioning)))
-                         for w, p in plans]
-                terms += [(w, clean[(BASE, id(null))], (BASE, id(null))) for w in w_null if w]
-                if gaussian:
-                    return gaussian_product([(w, x0, out[key][1]) for w, x0, key in terms], x,
-                                            float(alphas_cumprod[int(t)]))
-                return weighted_mean([(w, x0) for w, x0, _ in terms])[0]
+                if not gaussian:
+                    terms = [(w, p.apply_guidance(out[(p.network, id(p.conditioning))])) for w, _, p in plans]
+                    terms += [(v, out[(BASE, id(null))]) for _, v, _ in plans if v]
+                    return weighted_mean(terms)[0]
+                null_mean, null_variance = out[(BASE, id(null))] if any(w_null) else (None, None)
+                gaussians = []
+                for w, v, p in plans:
+                    mean, variance = out[(p.network, id(p.conditioning))]
+                    mean = p.apply_guidance(mean)
+                    gaussians.append((w, mean, variance))
+                    if v:
+                        gaussians.append((v, null_mean, prior_variance(mean, variance, null_mean, null_variance)))
+                return gaussian_product(gaussians, x, float(alphas_cumprod[int(t)]))
 
             height, width = path.height, path.width
             # a Gaussian product is the composed posterior's own mean, stepped as DDIM steps one model's
