@@ -93,6 +93,8 @@ class Timing:
     step_seconds: list[float] = field(default_factory=list)
     unit_seconds: list[float] = field(default_factory=list)
     mean_only_unit_seconds: list[float] = field(default_factory=list)
+    # all the time spent timing units (a warm-up and the two units), which is not the rollout's work
+    unit_overhead_seconds: list[float] = field(default_factory=list)
 
     def per_frame(self) -> list[float]:
         """Seconds per generated frame of each chunk."""
@@ -180,23 +182,31 @@ class TimedRun:
         targets = state.path.c2w[state.done:state.done + self.chunk]
         x = torch.randn(len(targets), 4, state.path.height, state.path.width)
         conditioning, t = state.base(targets), float(self.model.top_timestep)
-        tick = time.perf_counter()
-        predict_clean_batch(self.model, [conditioning], x, t, with_variance=self.model.predicts_variance)
-        middle = time.perf_counter()
-        predict_clean(self.model, conditioning, x, t)
+        units = {"full": lambda: predict_clean_batch(self.model, [conditioning], x, t,
+                                                     with_variance=self.model.predicts_variance),
+                 "mean_only": lambda: predict_clean(self.model, conditioning, x, t)}
+        # the first forward after the step's batched ones pays for the change of shapes: an untimed one takes
+        # it, and the two units take turns going first
+        start = time.perf_counter()
+        units["full"]()
+        order = ["full", "mean_only"] if len(self.timing.unit_seconds) % 2 else ["mean_only", "full"]
+        for name in order:
+            tick = time.perf_counter()
+            units[name]()
+            seconds = time.perf_counter() - tick
+            (self.timing.unit_seconds if name == "full" else self.timing.mean_only_unit_seconds).append(seconds)
         now = time.perf_counter()
-        self.timing.unit_seconds.append(now - tick)
-        self.timing.mean_only_unit_seconds.append(now - middle)
+        self.timing.unit_overhead_seconds.append(now - start)
         return now
 
     def advance(self) -> bool:
         """Generate and time the next chunk; False once the path is done."""
         if self.done >= self.left:
             return False
-        tick, before, units = time.perf_counter(), len(self.calls), len(self.timing.unit_seconds)
+        tick, before, units = time.perf_counter(), len(self.calls), len(self.timing.unit_overhead_seconds)
         out = next(self.chunks)
         # the lone unit evaluations are not the rollout's work
-        self.timing.seconds.append(time.perf_counter() - tick - sum(self.timing.unit_seconds[units:]))
+        self.timing.seconds.append(time.perf_counter() - tick - sum(self.timing.unit_overhead_seconds[units:]))
         self.timing.frames.append(self.done + len(out.rgb))
         self.timing.evaluations.append(sum(len(e.context_frames) for e in self.calls[before:]))
         memory = self.rollout.state.memory
@@ -232,7 +242,8 @@ def full_context_costs(model: WorldModel, episode: Episode, path: CameraPath, fr
                        chunk: int) -> dict[int, float]:
     """Seconds per frame of the full-context baseline at each history length of FULL_CONTEXT_AT within the walk."""
     out = {}
-    for history in sorted({min(h, frames) for h in FULL_CONTEXT_AT}):
+    # a whole chunk of cameras must follow the history (the walk starts after as few initial frames as 2)
+    for history in sorted({min(h, frames, len(path) - chunk) for h in FULL_CONTEXT_AT}):
         tick = time.perf_counter()
         conditioning = context_conditioning(episode, path, history, chunk)
         x = torch.randn(chunk, 4, path.height, path.width)
@@ -242,9 +253,10 @@ def full_context_costs(model: WorldModel, episode: Episode, path: CameraPath, fr
     return out
 
 
-def experts(memory: PatchMemory, lora: episodic.EpisodicLoRA, stream_steps: int) -> dict[str, Composition]:
+def experts(memory: PatchMemory, lora: episodic.EpisodicLoRA, stream_steps: int,
+            stm_frames: int = DEFAULT_STM_FRAMES) -> dict[str, Composition]:
     """The compositions measured (α at the default, the short-term window at its default)."""
-    stm, spatial = ShortTermExpert(DEFAULT_STM_FRAMES, DEFAULT_ALPHA), SpatialExpert(memory, DEFAULT_ALPHA)
+    stm, spatial = ShortTermExpert(stm_frames, DEFAULT_ALPHA), SpatialExpert(memory, DEFAULT_ALPHA)
     return {
         "full_stream": Composition((stm, spatial, LongTermExpert(lora, DEFAULT_ALPHA, stream_steps)), "poce"),
         "full": Composition((stm, spatial, LongTermExpert(lora, DEFAULT_ALPHA)), "poce"),
@@ -254,13 +266,14 @@ def experts(memory: PatchMemory, lora: episodic.EpisodicLoRA, stream_steps: int)
     }
 
 
-def run(model_folder: Path, frames: int, stream_steps: int, lora_steps: int, seed: int) -> tuple[dict, dict]:
+def run(model_folder: Path, frames: int, stream_steps: int, lora_steps: int, seed: int,
+        stm_frames: int = DEFAULT_STM_FRAMES) -> tuple[dict, dict]:
     """All measurements as a JSON-ready dict, and the timings the plot draws."""
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     episode = read_episode(SAMPLE_EPISODE)
     model = load_world_model(model_folder)
     steps, chunk = rollouts.DEFAULT_STEPS, 4
-    known = max(model.context_frames, DEFAULT_STM_FRAMES)
+    known = max(model.context_frames, stm_frames)
     c = slice(0, episode.context_frames)
     rgb, depth = episode.rgb[c].float() / 255, episode.depth[c]
     memory = insert_frames(PatchMemory.empty(model.network.config.patch_size), episode.rgb[c], depth, episode.c2w[c],
@@ -270,7 +283,7 @@ def run(model_folder: Path, frames: int, stream_steps: int, lora_steps: int, see
     lora_seconds = time.perf_counter() - tick
     path = long_path(episode, known, frames)
     initial = (rgb[-known:], depth[-known:])
-    compositions = experts(memory, lora, stream_steps)
+    compositions = experts(memory, lora, stream_steps, stm_frames)
     early = max(1, frames // 10)
     head = min(frames, early + WINDOW // 2)  # frames the comparison runs generate, through the early window
     with counted_evaluations() as calls:
@@ -295,7 +308,7 @@ def run(model_folder: Path, frames: int, stream_steps: int, lora_steps: int, see
     result.update({
         "settings": {"frames": frames, "steps": steps, "chunk": chunk, "stream_steps": stream_steps,
                      "stream_lr": field_default(LongTermExpert, "stream_lr"),
-                     "lora_steps": lora_steps, "alpha": DEFAULT_ALPHA, "stm_frames": DEFAULT_STM_FRAMES,
+                     "lora_steps": lora_steps, "alpha": DEFAULT_ALPHA, "stm_frames": stm_frames,
                      "initial_frames": known, "loop": LOOP.strip(), "window_frames": WINDOW,
                      "comparison_frames": head, "probe_steps": PROBE_STEPS,
                      "compositions": {"full": "stm + spatial + ltm, poce", "poce3": "base + stm + spatial, poce",
@@ -393,13 +406,15 @@ def main() -> None:
     parser.add_argument("--stream-steps", type=int, default=DEFAULT_STREAM_STEPS, help="LoRA steps streamed per chunk")
     parser.add_argument("--lora-steps", type=int, default=DEFAULT_LORA_STEPS, help="offline LoRA training steps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the LoRA training")
+    parser.add_argument("--stm-frames", type=int, default=DEFAULT_STM_FRAMES, help="short-term window in frames")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     args = parser.parse_args()
     if args.frames < MIN_FRAMES or args.stream_steps < 1 or args.lora_steps < 1:
         parser.error(f"--frames must be at least {MIN_FRAMES}, --stream-steps and --lora-steps at least 1")
     torch.set_num_threads(args.threads)
     try:
-        result, timings = run(resolve_model(args.model), args.frames, args.stream_steps, args.lora_steps, args.seed)
+        result, timings = run(resolve_model(args.model), args.frames, args.stream_steps, args.lora_steps, args.seed,
+                              args.stm_frames)
     except ValueError as err:
         parser.error(str(err))
     args.json.parent.mkdir(parents=True, exist_ok=True)
