@@ -37,10 +37,10 @@ MAX_CHUNK = 64
 STREAM_TARGETS = 4
 BASE_ONLY = Composition((BaseExpert(alpha=1.0),), mode="single")
 # Peak activations of one backbone forward, per token, in hidden-size units of the weights' dtype: counted on
-# the CPU over every tensor alive during forwards of the embedded model at 64-512 px, 24.5 in float32 and 24.7
+# the CPU over every tensor alive during forwards of the embedded model at 32-512 px, 23.5 in float32 and 23.7
 # in bfloat16 (a few float32 parts), the same at every size: attention runs fused, without a tokens² matrix
 # (tests/test_model_management.py checks the bound)
-ACTIVATIONS_PER_TOKEN = 25
+ACTIVATIONS_PER_TOKEN = 24
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,11 @@ class Block(nn.Module):
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, rotation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """x, cond [B,N,hidden]; rotation: RoPE (cos, sin) [B,1,N,head_dim/2]."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(cond)).chunk(6, -1)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, groups: torch.Tensor,
+                rotation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x [B,N,hidden]; cond [B,G,hidden], one per noise level, ``groups`` [N] each token's; rotation: RoPE (cos, sin) [B,1,N,head_dim/2]."""
+        # tokens of one frame share a noise level: modulate once per level, not once per token
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(cond))[:, groups].chunk(6, -1)
         h = self.norm1(x) * (1 + scale1) + shift1
         b, n, c = h.shape
         q, k, v = self.qkv(h).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
@@ -150,20 +152,23 @@ class MosaicDiT(ModelMixin, ConfigMixin):
         x = self.embed(self.patchify(torch.cat([sample, mosaic, rays], 2)))
         grid = torch.stack(torch.meshgrid(torch.arange(f), torch.arange(h), torch.arange(w), indexing="ij"), -1)
         positions = grid.reshape(1, -1, 3).float().expand(b, -1, -1).to(x.device)
-        t = timesteps.float().repeat_interleave(h * w, dim=1)
+        # one noise level per frame (clean mosaic tokens: level 0) and each token's index into them
+        levels = timesteps.float().to(x.device)
+        groups = torch.arange(f, device=x.device).repeat_interleave(h * w)
         if mosaic_tokens is not None:
             if mosaic_positions is None or mosaic_positions.shape[:2] != mosaic_tokens.shape[:2]:
                 raise ValueError("mosaic_positions: give one (frame, row, column) position per mosaic token.")
             x = torch.cat([x, self.token_embed(mosaic_tokens)], 1)
             positions = torch.cat([positions, mosaic_positions.float()], 1)
-            t = torch.cat([t, torch.zeros(mosaic_tokens.shape[:2], device=t.device)], 1)
+            levels = torch.cat([levels, torch.zeros(b, 1, device=x.device)], 1)
+            groups = torch.cat([groups, torch.full((mosaic_tokens.shape[1],), f, device=x.device)])
         # the embedding is computed in float32 for precision, then runs in the weights' dtype (bf16/fp16 too)
-        cond = self.time_mlp(timestep_embedding(t, self.config.hidden_size).to(x.dtype))
+        cond = self.time_mlp(timestep_embedding(levels, self.config.hidden_size).to(x.dtype))
         angles = rope_angles(positions, tuple(self.config.rope_dims), self.config.rope_theta)[:, None]
         rotation = (angles.cos().to(x.dtype), angles.sin().to(x.dtype))
         for block in self.blocks:
-            x = block(x, cond, rotation)
-        shift, scale = self.out_modulation(F.silu(cond)).chunk(2, -1)
+            x = block(x, cond, groups, rotation)
+        shift, scale = self.out_modulation(F.silu(cond))[:, groups].chunk(2, -1)
         features = (self.norm_out(x) * (1 + scale) + shift)[:, : f * h * w]
         # geometry first: the prediction is a correction of the mosaic's RGB-D, so an untrained network
         # already returns the warped frames and training only has to learn what geometry cannot give
