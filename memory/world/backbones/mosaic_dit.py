@@ -50,7 +50,7 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """Transformer block with per-token adaLN-zero modulation (each frame has its own noise level)."""
+    """Transformer block with adaLN-zero modulation per noise level (each frame's own), broadcast to its tokens."""
 
     def __init__(self, hidden: int, heads: int, rope_dims: tuple[int, int, int]):
         super().__init__()
@@ -67,7 +67,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, groups: torch.Tensor,
                 rotation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """x [B,N,hidden]; cond [B,G,hidden], one per noise level, ``groups`` [N] each token's; rotation: RoPE (cos, sin) [B,1,N,head_dim/2]."""
+        """x [B,N,hidden]; cond [B,G,hidden] per noise level, ``groups`` [N] each token's level; RoPE (cos, sin) [B,1,N,D/2]."""
         # tokens of one frame share a noise level: modulate once per level, not once per token
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(cond))[:, groups].chunk(6, -1)
         h = self.norm1(x) * (1 + scale1) + shift1
