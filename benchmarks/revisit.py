@@ -373,6 +373,10 @@ def main() -> None:
             raise ValueError("--stm-frames, --lora-rank, --lora-steps, --steps, --chunk and --max-frames must be at least 1")
         if not args.episodes.is_dir():
             raise ValueError(f"--episodes: {args.episodes} is not a folder")
+        try:
+            ShortTermExpert(args.stm_frames)  # its own range check, before any episode is read
+        except ValueError as err:
+            raise ValueError(f"--stm-frames: {err}") from None
         torch.set_num_threads(args.threads)
     except ValueError as err:
         parser.error(str(err))

@@ -190,11 +190,11 @@ class TimedRun:
         start = time.perf_counter()
         units["full"]()
         order = ["full", "mean_only"] if len(self.timing.unit_seconds) % 2 else ["mean_only", "full"]
+        timings = {"full": self.timing.unit_seconds, "mean_only": self.timing.mean_only_unit_seconds}
         for name in order:
             tick = time.perf_counter()
             units[name]()
-            seconds = time.perf_counter() - tick
-            (self.timing.unit_seconds if name == "full" else self.timing.mean_only_unit_seconds).append(seconds)
+            timings[name].append(time.perf_counter() - tick)
         now = time.perf_counter()
         self.timing.unit_overhead_seconds.append(now - start)
         return now
@@ -411,6 +411,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.frames < MIN_FRAMES or args.stream_steps < 1 or args.lora_steps < 1:
         parser.error(f"--frames must be at least {MIN_FRAMES}, --stream-steps and --lora-steps at least 1")
+    try:
+        ShortTermExpert(args.stm_frames)  # its own range check, before minutes of set-up
+    except ValueError as err:
+        parser.error(f"--stm-frames: {err}")
     torch.set_num_threads(args.threads)
     try:
         result, timings = run(resolve_model(args.model), args.frames, args.stream_steps, args.lora_steps, args.seed,

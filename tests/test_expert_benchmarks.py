@@ -72,6 +72,16 @@ def test_revisit_refuses_unknown_methods_and_empty_folders(tmp_path, monkeypatch
     assert not (tmp_path / "o.json").exists()
 
 
+@pytest.mark.parametrize("script, inputs", [("revisit.py", ["--episodes", "."]), ("rollout_cost.py", [])])
+def test_expert_benchmarks_refuse_a_short_term_window_out_of_range_before_any_work(script, inputs, tmp_path,
+                                                                                    monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_script(monkeypatch, script, *inputs, "--json", str(tmp_path / "o.json"), "--stm-frames", "40")
+    assert exit_.value.code == 2
+    assert "--stm-frames: frames: 40 is outside the allowed range 1..32" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
+
+
 def test_rollout_cost_on_a_short_walk(untrained_model, tmp_path, monkeypatch):  # noqa: F811
     out = tmp_path / "cost.json"
     frames = 24
