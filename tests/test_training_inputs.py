@@ -67,6 +67,11 @@ def test_stream_rolls_out_with_the_saved_checkpoint_and_follows_it(tmp_path, mon
         next(forced)
     assert calls and all(1 <= chunks <= stream_module.MAX_FORCED_CHUNKS and start >= chunks * TARGET_FRAMES
                          for start, chunks in calls)
+    calls.clear()
+    shallow = iter(WindowStream([episode], 2, seed=1, rollout_model=folder, forced_chunks=1))
+    for _ in range(6):
+        next(shallow)
+    assert calls and {chunks for _, chunks in calls} == {1}
 
 
 def _batch():
@@ -158,4 +163,8 @@ def test_training_refuses_a_generated_confidence_out_of_range_and_a_missing_init
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="init"):
         train(TrainConfig(data=tmp_path, out=tmp_path / "run", steps=1, workers=0, init=tmp_path / "no-model"))
+    assert not (tmp_path / "run" / "checkpoint").exists()
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="forced_chunks"):
+            train(TrainConfig(data=tmp_path, out=tmp_path / "run", steps=1, workers=0, forced_chunks=bad))
     assert not (tmp_path / "run" / "checkpoint").exists()

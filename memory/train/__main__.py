@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from .loop import TrainConfig, train
+from .stream import MAX_FORCED_CHUNKS
 
 
 def main() -> None:
@@ -28,12 +29,15 @@ def main() -> None:
     parser.add_argument("--variance-head", action="store_true",
                         help="train only a variance head (added if --init has none) on the frozen network, by "
                              "Gaussian likelihood: the clean estimates stay exactly as they are")
+    parser.add_argument("--forced-chunks", type=int, default=MAX_FORCED_CHUNKS,
+                        help=f"deepest self-forced rollout in chunks of 4 frames (default {MAX_FORCED_CHUNKS})")
     args = parser.parse_args()
     train(TrainConfig(data=args.data, out=args.out, steps=args.steps, minutes=args.minutes,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, save_every=args.save_every,
                       threads=args.threads, workers=args.workers,
                       init=args.init, self_forcing=not args.no_self_forcing, shards=args.shards,
-                      generated_confidence=args.generated_confidence, variance_head=args.variance_head))
+                      generated_confidence=args.generated_confidence, variance_head=args.variance_head,
+                      forced_chunks=args.forced_chunks))
 
 
 if __name__ == "__main__":

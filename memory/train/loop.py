@@ -17,7 +17,7 @@ from ..world.backbones.mosaic_dit import RGBD_CHANNELS, MosaicDiT, training_sche
 from ..world.world_model import CONFIG_RANGES, save_world_model
 from .distributed import Ranks, joined
 from .loss import training_loss, variance_loss
-from .stream import WindowStream
+from .stream import MAX_FORCED_CHUNKS, WindowStream
 from .windows import load_episodes
 
 
@@ -44,6 +44,8 @@ class TrainConfig:
     shards: int | None = None
     # train only the variance head on the frozen network (added to an --init model that has none)
     variance_head: bool = False
+    # deepest self-forced rollout, in chunks (each chunk one window)
+    forced_chunks: int = MAX_FORCED_CHUNKS
 
 
 def save_checkpoint(model: MosaicDiT, scheduler: DDPMScheduler, optimizer: torch.optim.Optimizer, step: int,
@@ -126,6 +128,9 @@ def train(config: TrainConfig) -> Path:
 def _train(config: TrainConfig, ranks: Ranks) -> Path:
     """:func:`train` as one of the processes ``ranks`` describes."""
     shards = check_shards(config, ranks)
+    if isinstance(config.forced_chunks, bool) or not isinstance(config.forced_chunks, int) or config.forced_chunks < 1:
+        raise ValueError(f"forced_chunks: the deepest self-forced rollout must be a whole number of chunks >= 1, "
+                         f"got {config.forced_chunks!r}.")
     confidence, (low, high) = config.generated_confidence, CONFIG_RANGES["generated_confidence"]
     if confidence is not None and not (isinstance(confidence, (int, float)) and low <= confidence <= high):
         raise ValueError(f"generated_confidence: must be a number in {low}..{high} (the coverage of mosaic pixels "
@@ -173,7 +178,8 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
     mine = range(ranks.rank * shards // ranks.world_size, (ranks.rank + 1) * shards // ranks.world_size)
     loaders = [torch.utils.data.DataLoader(
         WindowStream(episodes, model.config.context_frames, seed=shard_seed(config, step, shard),
-                     rollout_model=checkpoint if config.self_forcing else None),
+                     rollout_model=checkpoint if config.self_forcing else None,
+                     forced_chunks=config.forced_chunks),
         batch_size=config.batch_size // shards, num_workers=config.workers) for shard in mine]
     # the same draws on every process (each keeps its rows of the batch): they do not depend on the processes
     generator = torch.Generator().manual_seed(config.seed * 7919 + step)

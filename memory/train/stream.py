@@ -51,13 +51,14 @@ class WindowStream(torch.utils.data.IterableDataset):
 
     With a ``rollout_model`` folder (the run's checkpoint, reloaded as training saves it), a share
     SELF_FORCED of the draws read context and base mosaic from the model's own rollout of 1 ..
-    MAX_FORCED_CHUNKS chunks, one window after each chunk; targets stay the true frames.
+    ``forced_chunks`` chunks, one window after each chunk; targets stay the true frames.
     """
 
-    def __init__(self, episodes: list[Episode], context_frames: int, seed: int, rollout_model: Path | None = None):
+    def __init__(self, episodes: list[Episode], context_frames: int, seed: int, rollout_model: Path | None = None,
+                 forced_chunks: int = MAX_FORCED_CHUNKS):
         super().__init__()
         self.episodes, self.context_frames, self.seed = episodes, context_frames, seed
-        self.rollout_model = rollout_model
+        self.rollout_model, self.forced_chunks = rollout_model, forced_chunks
         self._model: WorldModel | None = None
         self._loaded_mtime = -1.0
 
@@ -81,7 +82,7 @@ class WindowStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rng = random.Random(self.seed * 1000 + (info.id if info else 0))
-        # one rollout yields up to MAX_FORCED_CHUNKS windows of one walk: shuffled, so a batch mixes walks
+        # one rollout yields up to forced_chunks windows of one walk: shuffled, so a batch mixes walks
         buffer = []
         for window in self._windows(rng):
             buffer.append(window)
@@ -98,7 +99,7 @@ class WindowStream(torch.utils.data.IterableDataset):
             c = self.context_frames
             start = rng.randrange(0, len(episode) - c - TARGET_FRAMES + 1)
             depth_known = rng.random() > DEPTH_UNKNOWN
-            chunks = min(MAX_FORCED_CHUNKS, start // TARGET_FRAMES)
+            chunks = min(self.forced_chunks, start // TARGET_FRAMES)
             if model is not None and chunks and rng.random() < SELF_FORCED:
                 chunks = rng.randint(1, chunks)
                 with torch.inference_mode():
