@@ -82,8 +82,8 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
     return atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
 
 
-def read_safetensors(path: str | os.PathLike, expected_format: str, input_name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file whose ``format`` metadata starts with ``expected_format``; clear errors otherwise."""
+def load_safetensors(path: str | os.PathLike, input_name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of any safetensors file (also one without metadata); a ValueError naming ``input_name`` otherwise."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{input_name}: file {path} does not exist; check the name and folder.")
@@ -93,6 +93,13 @@ def read_safetensors(path: str | os.PathLike, expected_format: str, input_name: 
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"{input_name}: {path} is not a readable safetensors file ({err}); it may be corrupted or of another type.") from err
+    return tensors, metadata
+
+
+def read_safetensors(path: str | os.PathLike, expected_format: str, input_name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file whose ``format`` metadata starts with ``expected_format``; clear errors otherwise."""
+    tensors, metadata = load_safetensors(path, input_name)
+    path = Path(path)
     fmt = metadata.get("format", "")
     if not fmt.startswith(expected_format.split("/")[0]):
         raise ValueError(

@@ -11,7 +11,7 @@ from .episode import LoadEpisode
 from .experts import (
     BaseExpertNode, LongTermExpertNode, NavigateWithMemory, PoCECombine, ShortTermExpertNode, SpatialExpertNode,
 )
-from .lora import LoadEpisodicLoRA, SaveEpisodicLoRA, TrainEpisodicLoRA
+from .lora import ExportEpisodicLoRA, LoadEpisodicLoRA, SaveEpisodicLoRA, TrainEpisodicLoRA
 from .memory_files import LoadPatchMemory, PatchMemoryMap, PatchMemoryTo3D, SavePatchMemory
 from .patch_memory import BuildPatchMemory, MergePatchMemories, RenderPatchMemory
 from .poce_guider import PoCEGuiderExpert, PoCEGuiderNode
@@ -44,6 +44,7 @@ NODES: list[type[io.ComfyNode]] = [
     TrainEpisodicLoRA,
     SaveEpisodicLoRA,
     LoadEpisodicLoRA,
+    ExportEpisodicLoRA,
     PoCEGuiderExpert,
     PoCEGuiderNode,
 ]

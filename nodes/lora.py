@@ -1,4 +1,4 @@
-"""Train, save and load the long-term expert's episodic LoRA."""
+"""Train, save, load and export (in ComfyUI's LoRA format) the long-term expert's episodic LoRA."""
 from __future__ import annotations
 
 import os
@@ -18,6 +18,7 @@ from ..memory.world.lora import (
     DEFAULT_LR, DEFAULT_RANK, DEFAULT_STEPS, EpisodicLoRA, check_lora, check_weights, load_lora, lora_training,
     save_lora,
 )
+from ..memory.world.lora_format import peft_lora, save_comfy_lora
 from ..memory.world.world_model import WorldModel
 from .experts import SUBCATEGORY
 from .types import (
@@ -182,3 +183,31 @@ class LoadEpisodicLoRA(io.ComfyNode):
                 return io.NodeOutput(load_lora(path))
         raise ValueError(f"lora_file: no file '{lora_file}' under {', '.join(folder_paths.get_folder_paths(LORA_FOLDER))}; "
                          "save one with Save Episodic LoRA or copy it there, then refresh.")
+
+
+class ExportEpisodicLoRA(io.ComfyNode):
+    """Export an episodic LoRA on a Wan transformer as a ComfyUI LoRA under models/loras/ (core LoraLoaderModelOnly applies it)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CoMEExportEpisodicLoRA", display_name="Export Episodic LoRA (ComfyUI format)", category=SUBCATEGORY,
+            description="Writes a LoRA trained on a diffusers Wan 2.1 / 2.2 transformer in ComfyUI's own LoRA keys "
+            "(diffusion_model.<module>.lora_up/lora_down/alpha of the native Wan model) under models/loras/, so core "
+            "Load LoRA (LoraLoaderModelOnly) applies it to the matching native Wan checkpoint. The embedded model has "
+            "no ComfyUI counterpart: save its LoRA with Save Episodic LoRA. A counter is appended, no file is replaced.",
+            is_output_node=True,
+            inputs=[EpisodicLoRAType.Input("lora", tooltip="A LoRA trained on a Wan transformer."),
+                    io.String.Input("filename_prefix", default="come_episodic_lora",
+                                    tooltip="Name inside models/loras/; a counter is appended.")],
+            outputs=[io.String.Output("path", display_name="path", tooltip="The written file, relative to models/loras/.")])
+
+    @classmethod
+    def execute(cls, lora: EpisodicLoRA, filename_prefix: str) -> io.NodeOutput:
+        if not isinstance(lora, EpisodicLoRA):
+            raise ValueError(f"lora: expected an episodic LoRA, got {type(lora).__name__}.")
+        value = peft_lora(lora.weights, lora.rank, lora.alpha, name="lora")
+        path, relative = output_file(filename_prefix, "safetensors", folder_paths.get_folder_paths("loras")[0])
+        save_comfy_lora(value, path)
+        return io.NodeOutput(relative, ui={"text": [f"exported a rank-{lora.rank} LoRA ({len(value.targets)} modules) "
+                                                    f"to models/loras/{relative}"]})
