@@ -47,6 +47,13 @@ def lora_choices() -> list[str]:
     return sorted(found)
 
 
+def require_lora(lora: object) -> EpisodicLoRA:
+    """``lora`` if it is an episodic LoRA, else a ValueError naming the input ``lora``."""
+    if not isinstance(lora, EpisodicLoRA):
+        raise ValueError(f"lora: expected an episodic LoRA, got {type(lora).__name__}.")
+    return lora
+
+
 def loss_curve(losses: list[float]) -> torch.Tensor:
     """An IMAGE [1,H,W,3] of the loss per step (faint) and its running mean (bright), scaled to their range."""
     width, height = CURVE_SIZE
@@ -155,8 +162,7 @@ class SaveEpisodicLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora: EpisodicLoRA, filename_prefix: str) -> io.NodeOutput:
-        if not isinstance(lora, EpisodicLoRA):
-            raise ValueError(f"lora: expected an episodic LoRA, got {type(lora).__name__}.")
+        lora = require_lora(lora)
         check_weights(lora.weights, lora.rank, lora.targets, "lora")
         path, relative = output_file(filename_prefix, "safetensors", lora_root())
         save_lora(lora, path)
@@ -204,8 +210,7 @@ class ExportEpisodicLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora: EpisodicLoRA, filename_prefix: str) -> io.NodeOutput:
-        if not isinstance(lora, EpisodicLoRA):
-            raise ValueError(f"lora: expected an episodic LoRA, got {type(lora).__name__}.")
+        lora = require_lora(lora)
         value = peft_lora(lora.weights, lora.rank, lora.alpha, name="lora")
         path, relative = output_file(filename_prefix, "safetensors", folder_paths.get_folder_paths("loras")[0])
         save_comfy_lora(value, path)

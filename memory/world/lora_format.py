@@ -107,11 +107,10 @@ def _check_alpha(alpha: object, name: str) -> float:
 
 def _missing_half(module: str, kinds: set[str], name: str) -> None:
     """ValueError naming ``name`` unless ``module`` has both LoRA halves (``up`` and ``down``)."""
-    if not {"up", "down"} <= kinds:
-        has, lacks = ("up", "down") if "up" in kinds else ("down", "up")
-        has = has if has in kinds else "only an alpha"
-        raise ValueError(f"{name}: module '{module}' has {has} but no {lacks} half; a LoRA needs both halves of every "
-                         "module. The file is incomplete: save or train it again.")
+    missing = [half for half in ("up", "down") if half not in kinds]
+    if missing:
+        raise ValueError(f"{name}: module '{module}' has no {' and no '.join(missing)} half; a LoRA needs both halves "
+                         "of every module. The file is incomplete: save or train it again.")
 
 
 def peft_lora(weights: dict[str, torch.Tensor], rank: int, alpha: float,
@@ -163,11 +162,15 @@ def to_comfy(lora: PeftLoRA) -> dict[str, torch.Tensor]:
 
 
 def _module(transformer: nn.Module, name: str) -> nn.Module | None:
-    """``transformer``'s submodule ``name``, or None."""
+    """``transformer``'s submodule ``name`` (the layer itself where a peft adapter wraps it), or None."""
     try:
-        return transformer.get_submodule(name)
+        module = transformer.get_submodule(name)
     except AttributeError:
         return None
+    # a transformer that carries an adapter already has its adapted layers wrapped by peft
+    while isinstance(getattr(module, "base_layer", None), nn.Module):
+        module = module.base_layer
+    return module
 
 
 def _fits(module: nn.Module | None, kind: str, tensor: torch.Tensor) -> bool:
@@ -267,8 +270,9 @@ def apply_differences(transformer: nn.Module, lora: PeftLoRA) -> None:
     """Add ``lora.differences`` to ``transformer``'s parameters in place (give it a copy to keep the original)."""
     with torch.no_grad():
         for key, difference in lora.differences.items():
-            parameter = transformer.get_parameter(key)
-            if parameter.shape != difference.shape:
-                raise ValueError(f"lora: difference '{key}' is {list(difference.shape)}, the parameter "
-                                 f"{list(parameter.shape)}; load the LoRA for this transformer.")
+            module, _, kind = key.rpartition(".")
+            if not _fits(_module(transformer, module), kind, difference):
+                raise ValueError(f"lora: difference '{key}' {list(difference.shape)} has no parameter of its shape in "
+                                 f"this {type(transformer).__name__}; load the LoRA for this transformer.")
+            parameter = getattr(_module(transformer, module), kind)
             parameter.add_(difference.to(parameter))
