@@ -70,9 +70,10 @@ class EpisodicLoRA:
         return self.alpha / self.rank
 
 
-def backbone_fingerprint(network: nn.Module) -> str:
-    """What an adapter's shapes depend on: the backbone class and its shape-defining settings."""
-    shape = {k: network.config[k] for k in ("patch_size", "hidden_size", "depth", "num_heads") if k in network.config}
+def backbone_fingerprint(network: nn.Module, keys: tuple[str, ...] = ("patch_size", "hidden_size", "depth", "num_heads")
+                         ) -> str:
+    """What an adapter's shapes depend on: the backbone class and its shape-defining settings ``keys``."""
+    shape = {k: network.config[k] for k in keys if k in network.config}
     return f"{type(network).__name__}:{json.dumps(shape, sort_keys=True)}"
 
 

@@ -12,7 +12,7 @@ with weights w is the same weighted sum of x0 plus (1 − Σ w) x_t / √ᾱ: ex
 division by √(1−ᾱ) that ε needs. Where Σ w ≠ 1 (``poce`` with several experts, ``poe``) that term
 is huge where ᾱ is small, so a sampler handed this x0 takes wild steps from pure noise. The
 rollout therefore integrates the mixture instead: ``weighted_mean`` gives Σ w·x0 / Σ w and
-``world_model.composed_step`` solves the flow of the summed scores under DDIM's assumption; at one
+``composed_step`` solves the flow of the summed scores under DDIM's assumption; at one
 step from the last timestep that lands on the weighted mean. That treats every expert as equally
 sure of every pixel. A backbone with a variance head says how sure each prediction is, and then
 ``gaussian_product`` composes the experts' Gaussian posteriors exactly: Π p_k^w weighs each expert
@@ -79,6 +79,23 @@ def mix_denoised(terms: Sequence[tuple[float, torch.Tensor]], x: torch.Tensor,
                              "has no clean estimate; use poce_normalized or single, or start the sigmas below it.")
         out = out + (1 - total) * x / x0_scale
     return out
+
+
+def composed_step(x: torch.Tensor, mean: torch.Tensor, scale: float, sigma: float, scale_next: float,
+                  sigma_next: float, weight: float) -> torch.Tensor:
+    """One step of x = s·x0 + σ·ε from (``scale``, ``sigma``) to the next levels under the score Σ w·ε_k with Σ w = ``weight``.
+
+    In x̃ = x/s and ρ = σ/s the flow is dx̃/dρ = (W·x̃ − Σ w·x0_k)/ρ; with the estimates held, x̃
+    moves to ``mean`` + (x̃ − ``mean``)·(ρ'/ρ)^W: exact at any step size, for variance-preserving
+    (s = √ᾱ) and flow-matching (s = 1 − σ) noise alike, and finite from pure noise (s = 0), where the
+    x0 form of the mixture explodes. At W = 1 it is the DDIM (or flow Euler) step.
+    """
+    if sigma_next <= 0:
+        return scale_next * mean
+    # (ρ'/ρ)^W and x̃·(ρ'/ρ)^W written without dividing by s, which is 0 at pure noise
+    shrink = (sigma_next * scale / (scale_next * sigma)) ** weight
+    keep = scale_next * (sigma_next / scale_next) ** weight * scale ** (weight - 1) / sigma ** weight
+    return scale_next * (1 - shrink) * mean + keep * x
 
 
 def weighted_mean(terms: Sequence[tuple[float, torch.Tensor]]) -> tuple[torch.Tensor, float]:

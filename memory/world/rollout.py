@@ -100,10 +100,7 @@ class Rollout:
         null_generator = torch.Generator().manual_seed((self.seed + 1) % (MAX_SEED + 1))
         depth = self.depth
         if depth is None:
-            first = Mosaic(frames, torch.zeros(frames.shape[:3]), torch.ones(frames.shape[:3]))
-            depth_pass = build_conditioning(frames[:0], torch.zeros(0, path.height, path.width), path.c2w[:0],
-                                            path.c2w[:known], path.K, first, depth_known=False)
-            depth = decode_rgbd(sample_chunk(model, depth_pass, known, self.steps, generator, self.callback))[1]
+            depth = predict_depth(model, frames, path.c2w[:known], path.K, self.steps, generator, self.callback)
         window = window_frames(model, self.composition)
         observed = self.observed
         if observed is None and self.lift:
@@ -169,6 +166,17 @@ class Rollout:
             state.add(out.rgb, out.depth, targets, lift=self.lift)
             chunk_index += 1
             yield out
+
+
+def predict_depth(model: WorldModel, frames: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, steps: int,
+                  generator: torch.Generator, callback: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Metric depth [F,H,W] the backbone predicts for frames rgb [F,H,W,3] (0..1) seen from ``c2w`` [F,4,4]: its depth pass."""
+    height, width = frames.shape[1:3]
+    # the frames as a fully covering mosaic whose depth is hidden: the network fills in the depth channel
+    seen = Mosaic(frames, torch.zeros(frames.shape[:3]), torch.ones(frames.shape[:3]))
+    depth_pass = build_conditioning(frames[:0], torch.zeros(0, height, width), c2w[:0], c2w, K, seen,
+                                    depth_known=False)
+    return decode_rgbd(sample_chunk(model, depth_pass, len(frames), steps, generator, callback))[1]
 
 
 def rollout(model: WorldModel, composition: Composition, frames: torch.Tensor, depth: torch.Tensor | None,

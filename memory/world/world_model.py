@@ -12,6 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..limits import MAX_JSON_CHARS, MAX_STEPS, check_count, parse_json
+from . import poce
 from .backbones.mosaic_dit import RGBD_CHANNELS, MosaicDiT, training_schedule
 from .conditioning import Conditioning
 
@@ -254,16 +255,9 @@ def denoise(model: WorldModel, predict: Callable[[torch.Tensor, float], torch.Te
 
 def composed_step(x: torch.Tensor, mean: torch.Tensor, alpha_bar: float, alpha_bar_next: float,
                   weight: float) -> torch.Tensor:
-    """One step of x = √ᾱ·x0 + √(1−ᾱ)·ε from ᾱ to ``alpha_bar_next`` under the score Σ w·ε_k with Σ w = ``weight``.
-
-    In x̃ = x/√ᾱ and σ = √((1−ᾱ)/ᾱ) the flow is dx̃/dσ = (W·x̃ − Σ w·x0_k)/σ; with the estimates
-    held, x̃ moves to ``mean`` + (x̃ − ``mean``)·(σ'/σ)^W: stable at any step size, where the
-    x0 form of the mixture, Σ w·x0_k + (1 − W)·x/√ᾱ, explodes at the first step from pure noise.
-    """
-    sigma = math.sqrt((1 - alpha_bar) / alpha_bar)
-    sigma_next = math.sqrt(max(1 - alpha_bar_next, 0.0) / alpha_bar_next)
-    scaled = x / math.sqrt(alpha_bar)
-    return math.sqrt(alpha_bar_next) * (mean + (scaled - mean) * (sigma_next / sigma) ** weight)
+    """:func:`poce.composed_step` for x = √ᾱ·x0 + √(1−ᾱ)·ε, from ᾱ = ``alpha_bar`` to ``alpha_bar_next``."""
+    return poce.composed_step(x, mean, math.sqrt(alpha_bar), math.sqrt(max(1 - alpha_bar, 0.0)),
+                              math.sqrt(alpha_bar_next), math.sqrt(max(1 - alpha_bar_next, 0.0)), weight)
 
 
 def sample_chunk(model: WorldModel, conditioning: Conditioning, targets: int, steps: int, generator: torch.Generator,

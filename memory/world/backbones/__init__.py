@@ -1,1 +1,1 @@
-"""Denoising backbones behind one interface: the embedded default (MosaicDiT) and, later, real video models."""
+"""Denoising backbones: the embedded default (MosaicDiT) and Wan 2.1 / 2.2 through diffusers."""
