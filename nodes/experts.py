@@ -11,8 +11,10 @@ from ..memory.world.experts import (
     DEFAULT_STM_FRAMES, MAX_RETRIEVED, MAX_STM_FRAMES, BaseExpert, Composition, Expert, LongTermExpert, ShortTermExpert,
     SpatialExpert,
 )
+from ..memory.world.backbones.wan import WanWorldModel
 from ..memory.world.poce import DEFAULT_ALPHA, MODES
 from ..memory.world.rollout import DEFAULT_STEPS, rollout, rollout_steps, stream_steps
+from ..memory.world.wan_rollout import wan_progress_steps, wan_rollout
 from ..memory.world.world_model import WorldModel
 from .managed_model import load_for_run
 from .types import (
@@ -192,18 +194,24 @@ class NavigateWithMemory(io.ComfyNode):
                                              tooltip="The long-term expert's LoRA after streaming (none without one).")])
 
     @classmethod
-    def execute(cls, world_model: WorldModel, composition: Composition, initial_frames: torch.Tensor,
+    def execute(cls, world_model: WorldModel | WanWorldModel, composition: Composition, initial_frames: torch.Tensor,
                 camera_path: CameraPath, chunk_size: int, steps: int, seed: int,
                 initial_depth: DepthMaps | None = None) -> io.NodeOutput:
-        require_world_model(world_model)
+        require_world_model(world_model, wan=True)
         if not isinstance(camera_path, CameraPath):
             raise ValueError(f"camera_path: expected a camera path, got {type(camera_path).__name__}.")
         depth = None if initial_depth is None else initial_depth.metres
         # the rollout checks its inputs now and runs lazily, so the bar it ticks can be sized by the checked inputs
-        run = rollout(world_model, composition, initial_frames, depth, camera_path, chunk_size, steps, seed,
-                      callback=lambda _: progress.step(), lora_callback=lambda _: progress.step(), keep_memory=True)
-        total = (rollout_steps(len(initial_frames), len(camera_path), chunk_size, steps, depth is not None)
-                 + stream_steps(world_model, composition, len(initial_frames), len(camera_path), chunk_size))
+        if isinstance(world_model, WanWorldModel):
+            run = wan_rollout(world_model, composition, initial_frames, depth, camera_path, chunk_size, steps, seed,
+                              callback=lambda _: progress.step(), lora_callback=lambda _: progress.step(),
+                              keep_memory=True)
+            total = wan_progress_steps(composition, len(initial_frames), len(camera_path), chunk_size, steps)
+        else:
+            run = rollout(world_model, composition, initial_frames, depth, camera_path, chunk_size, steps, seed,
+                          callback=lambda _: progress.step(), lora_callback=lambda _: progress.step(), keep_memory=True)
+            total = (rollout_steps(len(initial_frames), len(camera_path), chunk_size, steps, depth is not None)
+                     + stream_steps(world_model, composition, len(initial_frames), len(camera_path), chunk_size))
         progress = Progress(total)
         load_for_run(world_model, run.memory_required)
         done = until_interrupted(run, total, "navigation with memory", progress)

@@ -16,6 +16,7 @@ import torch
 from comfy.model_patcher import ModelPatcher
 from torch import nn
 
+from ..memory.world.backbones.wan import WanWorldModel
 from ..memory.world.world_model import WorldModel
 
 # ComfyUI's layers that cast their weights to the input's device and dtype when the patcher marks them as
@@ -55,19 +56,44 @@ class ManagedWorldModel(WorldModel):
         return self.patcher.current_loaded_device()
 
 
-def manage(model: WorldModel, load_device: torch.device, offload_device: torch.device) -> ManagedWorldModel:
-    """``model`` under ComfyUI's model management, computing on ``load_device`` and offloaded to ``offload_device``.
+@dataclass(frozen=True)
+class ManagedWanWorldModel(WanWorldModel):
+    """A Wan backbone whose transformer ComfyUI loads, offloads and unloads through ``patcher`` (as ManagedWorldModel)."""
 
-    Its layers become ComfyUI's casting layers in place (same weights, same results).
-    """
-    for module in model.network.modules():
+    patcher: ModelPatcher
+    full_load: bool
+
+    @property
+    def device(self) -> torch.device:
+        """Where ComfyUI keeps the transformer's weights now."""
+        return self.patcher.current_loaded_device()
+
+
+def _patcher(network: nn.Module, device: torch.device, load_device: torch.device,
+             offload_device: torch.device) -> tuple[ModelPatcher, bool]:
+    """A ModelPatcher of ``network`` with its layers made ComfyUI's casting layers in place, and whether it must load whole."""
+    for module in network.modules():
         if type(module) in CASTING:
             module.__class__ = CASTING[type(module)]
     # a tensor outside the casting layers stays where it is in a partial load, so such a network loads whole
     fixed = any(not isinstance(module, comfy.ops.CastWeightBiasOp)
                 and (list(module.parameters(recurse=False)) or list(module.buffers(recurse=False)))
-                for module in model.network.modules())
-    patcher = ModelPatcher(Backbone(model.network, model.device), load_device=load_device, offload_device=offload_device)
+                for module in network.modules())
+    return ModelPatcher(Backbone(network, device), load_device=load_device, offload_device=offload_device), fixed
+
+
+def manage(model: WorldModel | WanWorldModel, load_device: torch.device,
+           offload_device: torch.device) -> ManagedWorldModel | ManagedWanWorldModel:
+    """``model`` under ComfyUI's model management, computing on ``load_device`` and offloaded to ``offload_device``.
+
+    Its layers become ComfyUI's casting layers in place (same weights, same results). Of a Wan backbone
+    the transformer is managed; its VAE computes where it was loaded.
+    """
+    if isinstance(model, WanWorldModel):
+        patcher, fixed = _patcher(model.transformer, model.device, load_device, offload_device)
+        return ManagedWanWorldModel(**{f.name: getattr(model, f.name) for f in fields(WanWorldModel)},
+                                    patcher=patcher, full_load=fixed)
+    patcher, fixed = _patcher(model.network, model.device, load_device, offload_device)
     return ManagedWorldModel(**{f.name: getattr(model, f.name) for f in fields(WorldModel)}, patcher=patcher,
                              full_load=fixed)
 
@@ -77,6 +103,6 @@ def load_for_run(model: WorldModel, memory_required: int) -> None:
 
     A world model built outside Load World Model (a script's, a test's) runs where its weights are.
     """
-    if isinstance(model, ManagedWorldModel):
+    if isinstance(model, (ManagedWorldModel, ManagedWanWorldModel)):
         comfy.model_management.load_models_gpu([model.patcher], memory_required=memory_required,
                                                force_full_load=model.full_load)

@@ -13,6 +13,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..memory.files import check_prefix
+from ..memory.world.backbones.wan import WanWorldModel
 from ..memory.world.world_model import WorldModel
 
 CameraPathType = io.Custom("COME_CAMERA_PATH")
@@ -110,9 +111,12 @@ def frame_range(total: int, first_frame: int, last_frame: int) -> slice:
     return slice(first_frame, stop)
 
 
-def require_world_model(value: object) -> WorldModel:
-    """``value`` if it is a loaded world model, else a ValueError naming the ``world_model`` input."""
-    if not isinstance(value, WorldModel):
+def require_world_model(value: object, wan: bool = False) -> WorldModel | WanWorldModel:
+    """``value`` if it is a loaded world model (a Wan one too where ``wan``), else a ValueError naming ``world_model``."""
+    if isinstance(value, WanWorldModel) and not wan:
+        raise ValueError("world_model: this node runs the embedded MosaicDiT family of models, and the loaded model "
+                         "is Wan; use Navigate with Memory with it, or load a MosaicDiT folder.")
+    if not isinstance(value, (WorldModel, WanWorldModel)):
         raise ValueError(f"world_model: expected the output of Load World Model, got {type(value).__name__}.")
     return value
 

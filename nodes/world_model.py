@@ -12,7 +12,9 @@ from comfy_api.latest import io
 from ..memory.geometry.camera import CameraPath
 from ..memory.geometry.depth import DepthMaps, depth_to_image
 from ..memory.files import confined_path
-from ..memory.world.rollout import DEFAULT_STEPS, navigate, rollout_steps
+from ..memory.world.backbones.wan import WanWorldModel, is_wan_folder, load_wan_world_model
+from ..memory.world.rollout import BASE_ONLY, DEFAULT_STEPS, navigate, rollout_steps
+from ..memory.world.wan_rollout import wan_progress_steps, wan_rollout
 from ..memory.world.world_model import DEFAULT_MODEL, WorldModel, load_world_model
 from .managed_model import load_for_run, manage
 from .types import (
@@ -28,12 +30,21 @@ folder_paths.add_model_folder_path(MODEL_FOLDER, os.path.join(folder_paths.model
 
 
 def model_choices() -> list[str]:
-    """The embedded default, then every folder with a config.json under ComfyUI's ``models/world_models/``."""
-    found = {
-        config.parent.relative_to(root).as_posix()
-        for root in map(Path, folder_paths.get_folder_paths(MODEL_FOLDER)) if root.is_dir()
-        for config in root.rglob("config.json") if config.parent != root
-    }
+    """The embedded default, then every model folder under ComfyUI's ``models/world_models/``.
+
+    A model folder holds a config.json (MosaicDiT) or is a diffusers Wan pipeline, whose components'
+    own config.json files are not models on their own.
+    """
+    found = set()
+    for root in map(Path, folder_paths.get_folder_paths(MODEL_FOLDER)):
+        if not root.is_dir():
+            continue
+        for config in root.rglob("config.json"):
+            folder = config.parent
+            if is_wan_folder(folder.parent):
+                folder = folder.parent
+            if folder != root:
+                found.add(folder.relative_to(root).as_posix())
     return [DEFAULT_CHOICE, *sorted(found)]
 
 
@@ -61,7 +72,8 @@ class LoadWorldModel(io.ComfyNode):
             category=SUBCATEGORY,
             description="Loads the RGB-D video world model. The first entry is the small model shipped with the "
             "pack (works offline on a CPU); other entries are folders (config.json + .safetensors, as written by "
-            "save_pretrained) under ComfyUI's models/world_models/.",
+            "save_pretrained) under ComfyUI's models/world_models/, or diffusers Wan 2.1 / 2.2 folders (transformer/, "
+            "vae/, scheduler/ and text_embeddings.safetensors with the prompt's embeddings).",
             inputs=[
                 io.Combo.Input("model", options=model_choices(),
                                tooltip="The embedded default model, or a model folder from models/world_models/."),
@@ -84,7 +96,9 @@ class LoadWorldModel(io.ComfyNode):
         else:
             compute = offload = torch.device("cpu")
         # read where ComfyUI keeps idle models; it moves the weights to the compute device when a node runs them
-        return io.NodeOutput(manage(load_world_model(resolve_model(model), DTYPES[dtype], offload), compute, offload))
+        folder = resolve_model(model)
+        load = load_wan_world_model if is_wan_folder(folder) else load_world_model
+        return io.NodeOutput(manage(load(folder, DTYPES[dtype], offload), compute, offload))
 
 
 class Navigate(io.ComfyNode):
@@ -131,16 +145,22 @@ class Navigate(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, world_model: WorldModel, initial_frames: torch.Tensor, camera_path: CameraPath, chunk_size: int,
+    def execute(cls, world_model: WorldModel | WanWorldModel, initial_frames: torch.Tensor, camera_path: CameraPath,
+                chunk_size: int,
                 steps: int, seed: int, initial_depth: DepthMaps | None = None) -> io.NodeOutput:
-        require_world_model(world_model)
+        require_world_model(world_model, wan=True)
         if not isinstance(camera_path, CameraPath):
             raise ValueError(f"camera_path: expected a camera path, got {type(camera_path).__name__}.")
         depth = None if initial_depth is None else initial_depth.metres
         # navigate checks its inputs now and runs lazily, so the bar it ticks can be sized by the checked inputs
-        rollout = navigate(world_model, initial_frames, depth, camera_path, chunk=chunk_size, steps=steps, seed=seed,
-                           callback=lambda _: progress.step())
-        total = rollout_steps(len(initial_frames), len(camera_path), chunk_size, steps, depth is not None)
+        if isinstance(world_model, WanWorldModel):
+            rollout = wan_rollout(world_model, BASE_ONLY, initial_frames, depth, camera_path, chunk_size, steps, seed,
+                                  callback=lambda _: progress.step())
+            total = wan_progress_steps(BASE_ONLY, len(initial_frames), len(camera_path), chunk_size, steps)
+        else:
+            rollout = navigate(world_model, initial_frames, depth, camera_path, chunk=chunk_size, steps=steps,
+                               seed=seed, callback=lambda _: progress.step())
+            total = rollout_steps(len(initial_frames), len(camera_path), chunk_size, steps, depth is not None)
         progress = Progress(total)
         load_for_run(world_model, rollout.memory_required)
         done = until_interrupted(rollout, total, "navigation", progress)

@@ -33,7 +33,7 @@ from .experts import (
 from .lora import ADAPTER, GRAD_CLIP, EpisodicLoRA, backbone_fingerprint
 from .mosaic import Mosaic, warp_frames
 from .poce import composed_step, weighted_mean, weights
-from .rollout import Chunk, predict_depth
+from .rollout import Chunk, chunk_count, predict_depth
 from .world_model import WorldModel, load_world_model
 
 # Wan's own pipelines sample in 30-50 steps; fewer lose detail, more cost time on a CPU
@@ -180,6 +180,23 @@ class WanRollout:
         self.lift = spatial is not None or keep_memory
         self.state: RolloutState | None = None
 
+    @property
+    def memory_required(self) -> int:
+        """Estimated bytes beside the weights of the largest forward: a step's conditionings of one network, batched.
+
+        An estimate from sizes, not a count: per token the attention's q, k, v and output (4 x hidden) and
+        the MLP's hidden layer (2 x ffn_dim), in the transformer's dtype, plus the conditioning video.
+        """
+        config, path = self.model.transformer.config, self.path
+        w_memory, w_null = weights(self.composition.mode, self.composition.alphas)
+        base = sum(1 for e, w in zip(self.composition.experts, w_memory) if w and not isinstance(e, LongTermExpert))
+        batch = max(base + any(w_null), 1)
+        latent_frames = 1 + self.chunk // self.model.temporal_scale
+        tokens = batch * latent_frames * (path.height // self.model.token_pixels) * (path.width // self.model.token_pixels)
+        hidden = config.num_attention_heads * config.attention_head_dim
+        inputs = batch * (1 + self.chunk) * path.height * path.width * 3 * 4
+        return tokens * (4 * hidden + 2 * config.ffn_dim) * self.model.dtype.itemsize + inputs
+
     def __iter__(self) -> Iterator[Chunk]:
         model, path, frames = self.model, self.path, self.frames
         known = len(frames)
@@ -277,6 +294,13 @@ class WanRollout:
             if self.callback is not None:
                 self.callback(i)
         return x
+
+
+def wan_progress_steps(composition: Composition, initial: int, cameras: int, chunk: int, steps: int) -> int:
+    """Callback calls of a Wan rollout: denoising steps of every chunk and streamed LoRA steps between chunks."""
+    chunks = chunk_count(initial, cameras, chunk)
+    expert = next((e for e in composition.experts if isinstance(e, LongTermExpert)), None)
+    return steps * chunks + (0 if expert is None else expert.stream_steps * max(chunks - 1, 0))
 
 
 def wan_rollout(model: WanWorldModel, composition: Composition, frames: torch.Tensor, depth: torch.Tensor | None,

@@ -75,6 +75,11 @@ class WanWorldModel:
         return self.transformer.patch_embedding.weight.dtype  # norms and time embedding stay float32 in diffusers
 
     @property
+    def vae_device(self) -> torch.device:
+        """The device the VAE computes on (where it was loaded; ComfyUI manages the transformer)."""
+        return next(self.vae.parameters()).device
+
+    @property
     def device(self) -> torch.device:
         """The device the transformer lives on."""
         return next(self.transformer.parameters()).device
@@ -161,18 +166,18 @@ def load_wan_world_model(folder: str | Path, dtype: torch.dtype = torch.float32,
 
 def encode_video(model: WanWorldModel, rgb: torch.Tensor) -> torch.Tensor:
     """Normalised latents [1,z,T',h,w] of frames rgb [F,H,W,3] in 0..1 (F = 1 + temporal_scale·k)."""
-    video = (rgb.float().permute(3, 0, 1, 2)[None] * 2 - 1).to(model.device)
+    video = (rgb.float().permute(3, 0, 1, 2)[None] * 2 - 1).to(model.vae_device)
     with torch.no_grad():
         latents = model.vae.encode(video).latent_dist.mode()
     mean, inv_std = _latent_stats(model, latents)
-    return ((latents - mean) * inv_std).float()
+    return ((latents - mean) * inv_std).float().cpu()
 
 
 def decode_video(model: WanWorldModel, latents: torch.Tensor) -> torch.Tensor:
     """Frames rgb [F,H,W,3] in 0..1 of normalised latents [1,z,T',h,w]."""
     mean, inv_std = _latent_stats(model, latents)
     with torch.no_grad():
-        video = model.vae.decode((latents / inv_std + mean).to(model.device, torch.float32)).sample
+        video = model.vae.decode((latents.to(model.vae_device) / inv_std + mean).float()).sample
     return ((video[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).cpu()
 
 
@@ -180,8 +185,8 @@ def _latent_stats(model: WanWorldModel, latents: torch.Tensor) -> tuple[torch.Te
     """The VAE's per-channel latent mean and inverse std, shaped to broadcast over [1,z,T',h,w]."""
     shape = (1, model.latent_channels, 1, 1, 1)
     config = model.vae.config
-    mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(shape).to(latents.device)
-    inv_std = 1.0 / torch.tensor(config.latents_std, dtype=torch.float32).view(shape).to(latents.device)
+    mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(shape).to(model.vae_device)
+    inv_std = 1.0 / torch.tensor(config.latents_std, dtype=torch.float32).view(shape).to(model.vae_device)
     return mean, inv_std
 
 
