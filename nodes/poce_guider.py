@@ -18,6 +18,8 @@ SUBCATEGORY = f"{CATEGORY}/guiders"
 # model patches that change CFG assume one positive/negative pair, which a PoCE composition does not have
 CFG_PATCHES = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_post_cfg_function",
                "sampler_calc_cond_batch_function")
+# conditioning entries holding a latent the model concatenates to the sampled one (Wan I2V / Fun control and others)
+LATENT_INPUTS = ("concat_latent_image",)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,18 @@ def check_experts(value: object, name: str, allow_empty: bool = False) -> tuple[
     return experts
 
 
+def check_latent_sizes(latent_inputs: Sequence[tuple[str, str, tuple]], shape: tuple) -> None:
+    """ValueError naming the expert whose concatenated latent (start frames, control video) differs in size from the sampled ``shape``."""
+    for key, name, found in latent_inputs:
+        if found[2:] != shape[2:]:
+            expert, k = key.split("_")
+            side = "positive" if expert == "expert" else "null"
+            raise ValueError(f"experts: expert {k}'s {side} conditioning carries a {name} of size {list(found[2:])} "
+                             f"(frames, height, width), the latent being sampled is {list(shape[2:])}; give every "
+                             "expert's start frames or control video the latent's width, height and length (e.g. "
+                             "the same sizes in WanImageToVideo and the empty latent).")
+
+
 class PoCEGuider(comfy.samplers.CFGGuider):
     """Composes the experts' denoised predictions with a PoCE mode; every expert runs on the first expert's model.
 
@@ -77,6 +91,9 @@ class PoCEGuider(comfy.samplers.CFGGuider):
                     conds[key] = cond
                     self.terms.append((key, weight))
         self.inner_set_conds(conds)
+        # latents that conditionings concatenate to the sampled one (start frames, control video) must match it
+        self.latent_inputs = [(key, name, tuple(d[name].shape)) for key, cond in conds.items() for _, d in cond
+                              for name in LATENT_INPUTS if isinstance(d.get(name), torch.Tensor)]
         ignored = [k for k in CFG_PATCHES if k in self.model_options]
         if ignored:
             logging.warning("CoME PoCE Guider: the model's CFG patches (%s) are not applied; they are written for one "
@@ -85,6 +102,7 @@ class PoCEGuider(comfy.samplers.CFGGuider):
     def predict_noise(self, x: torch.Tensor, timestep: torch.Tensor, model_options: dict | None = None,
                       seed: int | None = None) -> torch.Tensor:
         """The composed denoised prediction at noisy ``x`` and sigma ``timestep``."""
+        check_latent_sizes(self.latent_inputs, tuple(x.shape))
         keys, ws = zip(*self.terms)
         out = comfy.samplers.calc_cond_batch(self.inner_model, [self.conds[k] for k in keys], x, timestep,
                                              model_options or {})
