@@ -10,7 +10,7 @@ import torch
 from comfy_api.latest import io
 from PIL import Image, ImageDraw
 
-from ..memory.files import confined_path
+from ..memory.files import check_prefix, confined_path
 from ..memory.geometry.camera import CameraPath, require_path
 from ..memory.geometry.depth import DepthMaps, check_metric_depth
 from ..memory.limits import MAX_LORA_RANK, MAX_LORA_STEPS, MAX_SEED, check_frames
@@ -201,18 +201,22 @@ class ExportEpisodicLoRA(io.ComfyNode):
             description="Writes a LoRA trained on a diffusers Wan 2.1 / 2.2 transformer in ComfyUI's own LoRA keys "
             "(diffusion_model.<module>.lora_up/lora_down/alpha of the native Wan model) under models/loras/, so core "
             "Load LoRA (LoraLoaderModelOnly) applies it to the matching native Wan checkpoint. The embedded model has "
-            "no ComfyUI counterpart: save its LoRA with Save Episodic LoRA. A counter is appended, no file is replaced.",
+            "no ComfyUI counterpart: save its LoRA with Save Episodic LoRA. Core Train LoRA can continue from the file "
+            "(existing_lora). No file is ever replaced.",
             is_output_node=True,
             inputs=[EpisodicLoRAType.Input("lora", tooltip="A LoRA trained on a Wan transformer."),
                     io.String.Input("filename_prefix", default="come_episodic_lora",
-                                    tooltip="Name inside models/loras/; a counter is appended.")],
+                                    tooltip="Name inside models/loras/; the LoRA's steps and a counter are appended "
+                                    "(<prefix>_<steps>_steps_00001_, as core Save LoRA Weights names them).")],
             outputs=[io.String.Output("path", display_name="path", tooltip="The written file, relative to models/loras/.")])
 
     @classmethod
     def execute(cls, lora: EpisodicLoRA, filename_prefix: str) -> io.NodeOutput:
         lora = require_lora(lora)
         value = peft_lora(lora.weights, lora.rank, lora.alpha, name="lora")
-        path, relative = output_file(filename_prefix, "safetensors", folder_paths.get_folder_paths("loras")[0])
+        root = folder_paths.get_folder_paths("loras")[0]
+        # named as core SaveLoRANode names its files: core TrainLoraNode reads the steps back from '_<steps>_steps_'
+        path, relative = output_file(f"{check_prefix(filename_prefix, root)}_{lora.steps}_steps", "safetensors", root)
         save_comfy_lora(value, path)
         return io.NodeOutput(relative, ui={"text": [f"exported a rank-{lora.rank} LoRA ({len(value.targets)} modules) "
                                                     f"to models/loras/{relative}"]})

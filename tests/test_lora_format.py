@@ -20,11 +20,11 @@ from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dic
 from safetensors.torch import save_file
 
 from memory.world.lora_format import (
-    apply_differences, diffusers_module, from_comfy, load_comfy_lora, native_module, peft_lora, to_comfy,
+    PREFIX, apply_differences, diffusers_module, from_comfy, load_comfy_lora, native_module, peft_lora, to_comfy,
 )
 
 MODEL_FILE = "come_tiny_wan.safetensors"
-LORA_FILE = "come_tiny_wan_lora_00001_.safetensors"
+LORA_FILE = "come_tiny_wan_lora_0_steps_00001_.safetensors"
 RANK, ALPHA = 4, 2.0
 # the episodic LoRA's modules on a Wan transformer: attention projections and FFN of every block
 TARGETS = ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v",
@@ -76,23 +76,30 @@ def small():
 def test_lora_format_keys_are_comfyui_native_wan_names(small):
     _, weights, tensors = small
     assert len(tensors) == 3 * len(weights) // 2
+    # written with alpha 1 (what core TrainLoraNode assumes when it continues from a file), the scale in lora_up
     assert torch.equal(tensors["diffusion_model.blocks.1.self_attn.o.lora_up.weight"],
-                       weights["blocks.1.attn1.to_out.0.lora_B.weight"])
+                       weights["blocks.1.attn1.to_out.0.lora_B.weight"] * ALPHA)
     assert torch.equal(tensors["diffusion_model.blocks.0.ffn.0.lora_down.weight"],
                        weights["blocks.0.ffn.net.0.proj.lora_A.weight"])
-    assert float(tensors["diffusion_model.blocks.0.cross_attn.k.alpha"]) == ALPHA
+    assert float(tensors["diffusion_model.blocks.0.cross_attn.k.alpha"]) == 1.0
+
+
+def update(lora, module: str) -> torch.Tensor:
+    """The weight update ``alpha / rank · B @ A`` of ``module`` in a PeftLoRA."""
+    return lora.weights[f"{module}.lora_B.weight"] @ lora.weights[f"{module}.lora_A.weight"] * lora.alpha / lora.rank
 
 
 def test_lora_format_converts_back_to_the_same_peft_weights(small):
     transformer, weights, tensors = small
-    back = from_comfy(tensors, transformer, rank=RANK)
+    back = from_comfy(tensors, transformer, rank=RANK, alpha=ALPHA)
     assert (back.rank, back.alpha, back.differences) == (RANK, ALPHA, {})
-    assert back.weights.keys() == weights.keys() and all(torch.equal(back.weights[k], weights[k]) for k in weights)
-    # another alpha asked for: the scale moves into B, the update stays
-    other = from_comfy(tensors, transformer, alpha=float(RANK))
-    module = "blocks.0.attn2.to_v"
-    update = weights[f"{module}.lora_B.weight"] @ weights[f"{module}.lora_A.weight"] * ALPHA / RANK
-    assert torch.allclose(other.weights[f"{module}.lora_B.weight"] @ other.weights[f"{module}.lora_A.weight"], update)
+    assert back.weights.keys() == weights.keys()
+    assert all(torch.allclose(back.weights[k], weights[k], rtol=1e-6, atol=0) for k in weights)
+    # at the file's own alpha (1) the scale stays in B: other weights, the same update
+    own = from_comfy(tensors, transformer)
+    assert own.alpha == 1.0
+    for module in ("blocks.0.attn2.to_v", "blocks.1.ffn.net.2"):
+        assert torch.allclose(update(own, module), update(back, module), atol=1e-6)
 
 
 def test_lora_format_names_round_trip():
@@ -212,20 +219,27 @@ def test_lora_format_module_names_are_diffusers_own_conversion(comfy):
             assert native_module(converted.rpartition(".")[0]) == module
 
 
-def test_lora_format_exported_lora_gives_comfyui_the_peft_output(comfy, tiny_wan):
+@pytest.fixture(scope="module")
+def exported(comfy, tiny_wan):
+    """A random LoRA on the tiny Wan's TARGETS written to models/loras/ by Export Episodic LoRA: its peft weights."""
+    mappings, _ = comfy
+    root, diffusers_copy, _ = tiny_wan
+    weights = random_lora(diffusers_copy(), 2)
+    # the LoRA value as the pack's nodes pass it (the pack's own EpisodicLoRA class, as ComfyUI imported it)
+    export = mappings["CoMEExportEpisodicLoRA"]
+    episodic = sys.modules[export.__module__].EpisodicLoRA(weights, RANK, ALPHA, tuple(TARGETS), "wan", 0)
+    assert export.execute(lora=episodic, filename_prefix="come_tiny_wan_lora").args[0] == LORA_FILE
+    assert (root / LORA_FILE).is_file()
+    return weights
+
+
+def test_lora_format_exported_lora_gives_comfyui_the_peft_output(comfy, tiny_wan, exported):
     """The key deliverable: Export Episodic LoRA's file applied by core LoraLoaderModelOnly = the peft adapter."""
     comfy_lora = importlib.import_module("comfy.lora")  # imported by name: `comfy` is the fixture here
     mappings, _ = comfy
     root, diffusers_copy, inputs = tiny_wan
-    weights = random_lora(diffusers_copy(), 2)
-    ours = forward(with_lora(diffusers_copy(), weights, RANK, ALPHA, TARGETS), inputs)
+    ours = forward(with_lora(diffusers_copy(), exported, RANK, ALPHA, TARGETS), inputs)
     base = forward(diffusers_copy(), inputs)
-    # the LoRA value as the pack's nodes pass it (the pack's own EpisodicLoRA class, as ComfyUI imported it)
-    export = mappings["CoMEExportEpisodicLoRA"]
-    episodic = sys.modules[export.__module__].EpisodicLoRA(weights, RANK, ALPHA, tuple(TARGETS), "wan", 0)
-    out = export.execute(lora=episodic, filename_prefix="come_tiny_wan_lora")
-    assert out.args[0] == LORA_FILE and (root / LORA_FILE).is_file()
-
     native_base, native_lora = native_output(mappings, inputs), native_output(mappings, inputs, LORA_FILE)
     assert torch.allclose(native_base, base, atol=TOLERANCE), (native_base - base).abs().max()
     assert torch.allclose(native_lora, ours, atol=TOLERANCE), (native_lora - ours).abs().max()
@@ -234,7 +248,32 @@ def test_lora_format_exported_lora_gives_comfyui_the_peft_output(comfy, tiny_wan
     patcher = mappings["UNETLoader"]().load_unet(MODEL_FILE, "default")[0]
     tensors = importlib.import_module("safetensors.torch").load_file(str(root / LORA_FILE))
     loaded = comfy_lora.load_lora(tensors, comfy_lora.model_lora_keys_unet(patcher.model, {}), log_missing=False)
-    assert len(loaded) == len(weights) // 2 == 2 * len(TARGETS)
+    assert len(loaded) == len(exported) // 2 == 2 * len(TARGETS)
+
+
+def train_lora(mappings, context: torch.Tensor, learning_rate: float, existing_lora: str = "[None]"):
+    """One step of core TrainLoraNode on the tiny Wan (fp32, rank RANK): its LoRA dict and step count."""
+    patcher = mappings["UNETLoader"]().load_unet(MODEL_FILE, "default")[0]
+    latents = {"samples": torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(3))}
+    _, trained, _, steps = mappings["TrainLoraNode"]().train(
+        patcher, latents, [[context, {}]], batch_size=1, steps=1, grad_accumulation_steps=1,
+        learning_rate=learning_rate, rank=RANK, optimizer="AdamW", loss_function="MSE", seed=0, training_dtype="fp32",
+        lora_dtype="fp32", algorithm="LoRA", gradient_checkpointing=False, existing_lora=existing_lora)
+    return trained, steps
+
+
+def test_lora_format_trainloranode_continues_from_an_exported_lora(comfy, tiny_wan, exported):
+    """Core TrainLoraNode, continuing from the exported file, starts from the same update (a step of lr 1e-7 later)."""
+    mappings, _ = comfy
+    trained, steps = train_lora(mappings, tiny_wan[2][2], 1e-7, existing_lora=LORA_FILE)
+    assert steps == 1  # 0 steps read back from the file's name, then one more
+    for target in TARGETS[:3] + TARGETS[-3:]:
+        for block in range(2):
+            module = f"blocks.{block}.{target}"
+            key = PREFIX + native_module(module)
+            core = trained[f"{key}.lora_up.weight"] @ trained[f"{key}.lora_down.weight"] * trained[f"{key}.alpha"] / RANK
+            ours = exported[f"{module}.lora_B.weight"] @ exported[f"{module}.lora_A.weight"] * ALPHA / RANK
+            assert torch.allclose(core, ours, atol=1e-5), (module, (core - ours).abs().max())
 
 
 def test_lora_format_trainloranode_file_loads_into_peft(comfy, tiny_wan):
@@ -242,12 +281,7 @@ def test_lora_format_trainloranode_file_loads_into_peft(comfy, tiny_wan):
     differences added to the weights), gives what core LoraLoaderModelOnly makes of it."""
     mappings, out = comfy
     _, diffusers_copy, inputs = tiny_wan
-    patcher = mappings["UNETLoader"]().load_unet(MODEL_FILE, "default")[0]
-    latents = {"samples": torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(3))}
-    _, trained, _, steps = mappings["TrainLoraNode"]().train(
-        patcher, latents, [[inputs[2], {}]], batch_size=1, steps=1, grad_accumulation_steps=1, learning_rate=0.05,
-        rank=RANK, optimizer="AdamW", loss_function="MSE", seed=0, training_dtype="fp32", lora_dtype="fp32",
-        algorithm="LoRA", gradient_checkpointing=False, existing_lora="[None]")
+    trained, steps = train_lora(mappings, inputs[2], 0.05)
     mappings["SaveLoRANode"]().save(trained, "loras/come_trained", steps)
     (path,) = (out / "loras").glob("come_trained_1_steps_*.safetensors")
     assert any(k.endswith(".diff_b") for k in trained) and "diffusion_model.patch_embedding.lora_up.weight" in trained

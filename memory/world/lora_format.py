@@ -27,6 +27,10 @@ from ..limits import MAX_LORA_RANK, check_count
 
 PREFIX = "diffusion_model."
 COMFY_LORA_FORMAT = "come-comfyui-lora/1"
+# the alpha written: core TrainLoraNode, continuing from a file (existing_lora), looks its alpha up under
+# '<module>.weight.alpha', finds none and takes 1.0, so the scale goes into lora_up to mean the same to both
+# core readers
+EXPORT_ALPHA = 1.0
 # the suffixes of a ComfyUI LoRA file this module reads, and what each one is
 SUFFIXES = {".lora_up.weight": "up", ".lora_B.weight": "up", ".lora_down.weight": "down", ".lora_A.weight": "down",
             ".alpha": "alpha", ".diff": "weight", ".diff_b": "bias"}
@@ -148,13 +152,13 @@ def peft_lora(weights: dict[str, torch.Tensor], rank: int, alpha: float,
 
 
 def to_comfy(lora: PeftLoRA) -> dict[str, torch.Tensor]:
-    """``lora`` in ComfyUI's LoRA keys for its native Wan: ``diffusion_model.<module>.lora_up/lora_down.weight``, ``.alpha``."""
+    """``lora`` in ComfyUI's LoRA keys for its native Wan: ``diffusion_model.<module>.lora_up/lora_down.weight``, ``.alpha`` (1)."""
     tensors = {}
     for target in lora.targets:
         key = PREFIX + native_module(target)
-        tensors[f"{key}.lora_up.weight"] = lora.weights[target + PEFT_SUFFIXES["up"]]
+        tensors[f"{key}.lora_up.weight"] = lora.weights[target + PEFT_SUFFIXES["up"]] * (lora.alpha / EXPORT_ALPHA)
         tensors[f"{key}.lora_down.weight"] = lora.weights[target + PEFT_SUFFIXES["down"]]
-        tensors[f"{key}.alpha"] = torch.tensor(lora.alpha)
+        tensors[f"{key}.alpha"] = torch.tensor(EXPORT_ALPHA)
     for parameter, tensor in lora.differences.items():
         module, _, kind = parameter.rpartition(".")
         tensors[PREFIX + native_module(module) + DIFFERENCE_SUFFIXES[kind]] = tensor
