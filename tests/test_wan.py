@@ -226,3 +226,33 @@ def test_latents_are_normalised_with_the_vaes_statistics(wan, episode):
     mean = torch.tensor(wan.vae.config.latents_mean).view(1, Z, 1, 1, 1)
     std = torch.tensor(wan.vae.config.latents_std).view(1, Z, 1, 1, 1)
     assert torch.allclose(latents, (raw - mean) / std, atol=1e-5)
+
+
+def test_a_folder_with_its_own_text_encoder_encodes_its_prompt_as_the_pipeline_does(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    folder = write_wan_folder(tmp_path / "with_encoder")
+    (folder / TEXT_EMBEDDINGS).unlink()
+    with pytest.raises(ValueError, match="model: .*text_encoder"):
+        load_wan_world_model(folder)
+    words = ["<pad>", "</s>", "<unk>", "a", "red", "room", "with", "green", "door"]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(folder / "tokenizer")
+    torch.manual_seed(0)
+    encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(words), d_model=TEXT_DIM, d_kv=8, d_ff=32, num_layers=1,
+                                          num_heads=2)).eval()
+    encoder.save_pretrained(folder / "text_encoder")
+    with pytest.raises(ValueError, match="model: .*prompt.txt"):
+        load_wan_world_model(folder)
+    (folder / "prompt.txt").write_text("a red room with a green door")
+    wan = load_wan_world_model(folder)
+    ids = torch.tensor([[words.index(w) for w in "a red room with a green door".split()]])
+    with torch.no_grad():
+        direct = encoder(ids, torch.ones_like(ids)).last_hidden_state[0]
+    embeds = wan.prompt_embeds[0]
+    assert embeds.shape[1] == TEXT_DIM and embeds.shape[0] >= len(direct)
+    assert torch.allclose(embeds[:len(direct)], direct, atol=1e-5)
+    assert embeds[len(direct):].abs().sum() == 0  # padded with zeros past the prompt, as WanPipeline does

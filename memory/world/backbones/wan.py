@@ -4,7 +4,8 @@ A folder as diffusers writes it (``WanPipeline.save_pretrained`` or the Wan-AI `
 under ComfyUI's ``models/world_models/``: ``transformer/`` (``WanTransformer3DModel``), ``vae/``
 (``AutoencoderKLWan``), ``scheduler/`` (its own flow-matching scheduler) and the prompt's text embeddings,
 precomputed in ``text_embeddings.safetensors`` (``prompt_embeds`` [L, text_dim], and ``image_embeds``
-[N, image_dim] for transformers with an image projection), since no text encoder runs here.
+[N, image_dim] for transformers with an image projection), or encoded at load time from ``prompt.txt``
+by the folder's own ``text_encoder/`` (UMT5) and ``tokenizer/`` through ``WanPipeline.encode_prompt``.
 
 Memories reach the transformer as an image-to-video model reads its start frame: the conditioning
 video (latents of the chunk's first frame, then the mosaic the memory renders for each target camera)
@@ -28,6 +29,8 @@ from safetensors.torch import load_file
 from ...limits import MAX_JSON_CHARS, parse_json
 
 TEXT_EMBEDDINGS = "text_embeddings.safetensors"
+PROMPT_FILE = "prompt.txt"  # the prompt a folder's own text encoder encodes at load time
+MAX_PROMPT_CHARS = 10_000
 # schedulers whose sigmas are flow-matching noise levels (x = (1 − σ)·x0 + σ·ε), as Wan's folders ship them
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "UniPCMultistepScheduler", "DPMSolverMultistepScheduler")
 MASK_CHANNELS = 4  # the start-frame mask, one channel per frame a latent frame folds in (Wan I2V)
@@ -110,16 +113,44 @@ def _component_config(folder: Path, sub: str, allowed: tuple[str, ...]) -> dict:
     return config
 
 
-def _embeddings(folder: Path, transformer: WanTransformer3DModel) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The precomputed prompt (and image) embeddings of ``folder``, checked against the transformer's widths."""
-    path = folder / TEXT_EMBEDDINGS
-    if not path.is_file():
-        raise ValueError(f"model: {folder} has no {TEXT_EMBEDDINGS}; no text encoder runs here, so save the prompt's "
-                         "embeddings there (prompt_embeds [tokens, text_dim], from the pipeline's encode_prompt).")
+def _encoded_prompt(folder: Path, transformer: WanTransformer3DModel, vae: AutoencoderKLWan,
+                    scheduler: dict) -> dict[str, torch.Tensor]:
+    """The prompt of ``folder/prompt.txt`` encoded by the folder's own text encoder and tokenizer (WanPipeline.encode_prompt)."""
+    prompt_file = folder / PROMPT_FILE
+    if not prompt_file.is_file():
+        raise ValueError(f"model: {folder} has a text encoder but no {PROMPT_FILE}; write the prompt there (or save "
+                         f"its embeddings as {TEXT_EMBEDDINGS}).")
+    prompt = prompt_file.read_text(errors="replace")[:MAX_PROMPT_CHARS]
     try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise ValueError(f"model: {path} is not a readable safetensors file ({err}); restore it.") from None
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        pipeline = diffusers.WanPipeline(tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer"),
+                                         text_encoder=UMT5EncoderModel.from_pretrained(folder / "text_encoder"),
+                                         transformer=transformer, vae=vae,
+                                         scheduler=getattr(diffusers, scheduler["_class_name"]).from_config(scheduler))
+        with torch.no_grad():
+            embeds, _ = pipeline.encode_prompt(prompt, do_classifier_free_guidance=False, device=torch.device("cpu"))
+    except (OSError, ValueError, RuntimeError, ImportError) as err:
+        raise ValueError(f"model: the text encoder or tokenizer in {folder} could not encode {PROMPT_FILE} ({err}); "
+                         f"use the folders of the Wan pipeline, or save the embeddings as {TEXT_EMBEDDINGS}.") from None
+    return {"prompt_embeds": embeds[0].float()}
+
+
+def _embeddings(folder: Path, transformer: WanTransformer3DModel, vae: AutoencoderKLWan,
+                scheduler: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The prompt (and image) embeddings of ``folder``, precomputed or encoded here, checked against the transformer's widths."""
+    path = folder / TEXT_EMBEDDINGS
+    if path.is_file():
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise ValueError(f"model: {path} is not a readable safetensors file ({err}); restore it.") from None
+    elif (folder / "text_encoder" / "config.json").is_file():
+        tensors = _encoded_prompt(folder, transformer, vae, scheduler)
+    else:
+        raise ValueError(f"model: {folder} has no {TEXT_EMBEDDINGS} and no text_encoder/; save the prompt's "
+                         "embeddings there (prompt_embeds [tokens, text_dim], from the pipeline's encode_prompt), or "
+                         f"add the pipeline's text_encoder/ and tokenizer/ and a {PROMPT_FILE}.")
     text = tensors.get("prompt_embeds")
     width = int(transformer.config.text_dim)
     if text is None or text.ndim != 2 or text.shape[1] != width or not text.is_floating_point():
@@ -159,7 +190,7 @@ def load_wan_world_model(folder: str | Path, dtype: torch.dtype = torch.float32,
     if in_channels not in (z, 2 * z + MASK_CHANNELS):
         raise ValueError(f"model: the transformer reads {in_channels} channels; supported are text-to-video ({z}) and "
                          f"image-to-video ({2 * z + MASK_CHANNELS} = latents + start-frame mask + conditioning video).")
-    prompt, image = _embeddings(folder, transformer)
+    prompt, image = _embeddings(folder, transformer, vae, scheduler)
     return WanWorldModel(transformer.to(device).eval(), vae.to(device).eval(), dict(scheduler), prompt, image,
                          folder.name)
 
