@@ -256,3 +256,23 @@ def test_a_folder_with_its_own_text_encoder_encodes_its_prompt_as_the_pipeline_d
     assert embeds.shape[1] == TEXT_DIM and embeds.shape[0] >= len(direct)
     assert torch.allclose(embeds[:len(direct)], direct, atol=1e-5)
     assert embeds[len(direct):].abs().sum() == 0  # padded with zeros past the prompt, as WanPipeline does
+
+
+def test_vram_benchmark_counts_the_published_configs_and_writes_json_and_plot(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "wan_vram.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "wan_vram.py"
+    subprocess.run([sys.executable, str(script), "--json", str(out)], check=True, capture_output=True, timeout=600)
+    rows = json.loads(out.read_text())["rows"]
+    assert out.with_suffix(".png").stat().st_size > 0
+    weights = {r["model"]: r["transformer_weights_mib"] for r in rows if r["dtype"] == "bf16"}
+    # parameter counts of the published models: about 1.4 B, 16.4 B (with the image projection) and 5 B
+    assert 1.3e9 < weights["Wan2.1-T2V-1.3B"] * 2 ** 20 / 2 < 1.5e9
+    assert 15e9 < weights["Wan2.1-I2V-14B-480P"] * 2 ** 20 / 2 < 17.5e9
+    assert 4.5e9 < weights["Wan2.2-TI2V-5B"] * 2 ** 20 / 2 < 5.5e9
+    forward = {(r["model"], r["dtype"], r["height"], r["composition"]): r["forward_mib"] for r in rows}
+    assert forward["Wan2.1-T2V-1.3B", "float32", 480, "navigate"] > forward["Wan2.1-T2V-1.3B", "bf16", 480, "navigate"]
+    assert forward["Wan2.1-T2V-1.3B", "bf16", 720, "with_memory"] > forward["Wan2.1-T2V-1.3B", "bf16", 480, "navigate"]

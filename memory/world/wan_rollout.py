@@ -182,20 +182,10 @@ class WanRollout:
 
     @property
     def memory_required(self) -> int:
-        """Estimated bytes beside the weights of the largest forward: a step's conditionings of one network, batched.
-
-        An estimate from sizes, not a count: per token the attention's q, k, v and output (4 x hidden) and
-        the MLP's hidden layer (2 x ffn_dim), in the transformer's dtype, plus the conditioning video.
-        """
-        config, path = self.model.transformer.config, self.path
+        """Estimated bytes beside the weights of the largest forward: a step's conditionings of one network, batched."""
         w_memory, w_null = weights(self.composition.mode, self.composition.alphas)
         base = sum(1 for e, w in zip(self.composition.experts, w_memory) if w and not isinstance(e, LongTermExpert))
-        batch = max(base + any(w_null), 1)
-        latent_frames = 1 + self.chunk // self.model.temporal_scale
-        tokens = batch * latent_frames * (path.height // self.model.token_pixels) * (path.width // self.model.token_pixels)
-        hidden = config.num_attention_heads * config.attention_head_dim
-        inputs = batch * (1 + self.chunk) * path.height * path.width * 3 * 4
-        return tokens * (4 * hidden + 2 * config.ffn_dim) * self.model.dtype.itemsize + inputs
+        return wan_forward_bytes(self.model, max(base + any(w_null), 1), self.chunk, self.path.height, self.path.width)
 
     def __iter__(self) -> Iterator[Chunk]:
         model, path, frames = self.model, self.path, self.frames
@@ -294,6 +284,19 @@ class WanRollout:
             if self.callback is not None:
                 self.callback(i)
         return x
+
+
+def wan_forward_bytes(model: WanWorldModel, batch: int, chunk: int, height: int, width: int) -> int:
+    """Estimated peak bytes of one transformer forward of ``batch`` clips of 1 + ``chunk`` frames at height x width.
+
+    An estimate from sizes, not a count: per token the attention's q, k, v and output (4 x hidden) and
+    the MLP's hidden layer (2 x ffn_dim) in the transformer's dtype, plus the float32 conditioning video.
+    """
+    config = model.transformer.config
+    latent_frames = 1 + chunk // model.temporal_scale
+    tokens = batch * latent_frames * (height // model.token_pixels) * (width // model.token_pixels)
+    hidden = config.num_attention_heads * config.attention_head_dim
+    return tokens * (4 * hidden + 2 * config.ffn_dim) * model.dtype.itemsize + batch * (1 + chunk) * height * width * 12
 
 
 def wan_progress_steps(composition: Composition, initial: int, cameras: int, chunk: int, steps: int) -> int:
