@@ -18,7 +18,9 @@ from ..memory.world.lora import (
     DEFAULT_LR, DEFAULT_RANK, DEFAULT_STEPS, EpisodicLoRA, check_lora, check_weights, load_lora, lora_training,
     save_lora,
 )
+from ..memory.world.backbones.wan import WanWorldModel
 from ..memory.world.lora_format import peft_lora, save_comfy_lora
+from ..memory.world.wan_rollout import check_wan_lora, new_wan_lora, wan_lora_training
 from ..memory.world.world_model import WorldModel
 from .experts import SUBCATEGORY
 from .types import (
@@ -117,8 +119,8 @@ class TrainEpisodicLoRA(io.ComfyNode):
                      io.Image.Output("loss_curve", display_name="loss_curve", tooltip="The loss per step.")])
 
     @classmethod
-    def execute(cls, world_model: WorldModel, frames: torch.Tensor, metric_depth: DepthMaps, camera_path: CameraPath,
-                rank: int, steps: int, lr: float, seed: int, first_frame: int = 0, last_frame: int = -1,
+    def execute(cls, world_model: WorldModel | WanWorldModel, frames: torch.Tensor, metric_depth: DepthMaps,
+                camera_path: CameraPath, rank: int, steps: int, lr: float, seed: int, first_frame: int = 0, last_frame: int = -1,
                 continue_from: EpisodicLoRA | None = None) -> io.NodeOutput:
         check_widgets(cls, rank=rank, steps=steps, lr=lr, seed=seed, first_frame=first_frame, last_frame=last_frame)
         require_world_model(world_model)
@@ -133,13 +135,18 @@ class TrainEpisodicLoRA(io.ComfyNode):
             raise ValueError(f"camera_path: its cameras are {camera_path.height}x{camera_path.width} pixels but the "
                              f"frames are {frames.shape[1]}x{frames.shape[2]}; use the path recorded with the frames.")
         chosen = frame_range(len(frames), int(first_frame), int(last_frame))
-        if continue_from is not None:
-            check_lora(continue_from, world_model, "continue_from")
         # checked now; the training runs as it is iterated, one progress step (and interrupt check) per LoRA step.
-        # The backbone is not loaded onto the compute device: training runs on a float32 CPU copy of its weights
+        # The backbone is not loaded onto the compute device: training runs on a float32 copy of its weights
         # (memory/world/lora.py), read wherever ComfyUI keeps them
-        run = lora_training(world_model, frames[chosen], depth[chosen], camera_path.c2w[chosen], camera_path.K,
-                            int(rank), int(steps), float(lr), int(seed), continue_from)
+        episode = (frames[chosen], depth[chosen], camera_path.c2w[chosen], camera_path.K)
+        if isinstance(world_model, WanWorldModel):
+            start = (new_wan_lora(world_model, int(rank), int(seed)) if continue_from is None
+                     else check_wan_lora(continue_from, world_model, "continue_from"))
+            run = wan_lora_training(world_model, *episode, start, int(steps), float(lr), int(seed))
+        else:
+            if continue_from is not None:
+                check_lora(continue_from, world_model, "continue_from")
+            run = lora_training(world_model, *episode, int(rank), int(steps), float(lr), int(seed), continue_from)
         until_interrupted(run, int(steps), "LoRA training")
         # a cancel keeps the steps finished: run.lora and run.losses both stand after the last of them
         return io.NodeOutput(run.lora, loss_curve(run.losses))

@@ -111,11 +111,8 @@ def frame_range(total: int, first_frame: int, last_frame: int) -> slice:
     return slice(first_frame, stop)
 
 
-def require_world_model(value: object, wan: bool = False) -> WorldModel | WanWorldModel:
-    """``value`` if it is a loaded world model (a Wan one too where ``wan``), else a ValueError naming ``world_model``."""
-    if isinstance(value, WanWorldModel) and not wan:
-        raise ValueError("world_model: this node runs the embedded MosaicDiT family of models, and the loaded model "
-                         "is Wan; use Navigate with Memory with it, or load a MosaicDiT folder.")
+def require_world_model(value: object) -> WorldModel | WanWorldModel:
+    """``value`` if it is a loaded world model (MosaicDiT or Wan), else a ValueError naming the ``world_model`` input."""
     if not isinstance(value, (WorldModel, WanWorldModel)):
         raise ValueError(f"world_model: expected the output of Load World Model, got {type(value).__name__}.")
     return value

@@ -148,7 +148,7 @@ class Navigate(io.ComfyNode):
     def execute(cls, world_model: WorldModel | WanWorldModel, initial_frames: torch.Tensor, camera_path: CameraPath,
                 chunk_size: int,
                 steps: int, seed: int, initial_depth: DepthMaps | None = None) -> io.NodeOutput:
-        require_world_model(world_model, wan=True)
+        require_world_model(world_model)
         if not isinstance(camera_path, CameraPath):
             raise ValueError(f"camera_path: expected a camera path, got {type(camera_path).__name__}.")
         depth = None if initial_depth is None else initial_depth.metres

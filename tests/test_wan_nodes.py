@@ -89,13 +89,37 @@ def model_folder(pack, choice: str) -> Path:
     return pack["nodes"].resolve_model(choice)
 
 
-def test_nodes_that_run_only_mosaicdit_refuse_a_wan_model_naming_it(comfy, wan_choice, walk):
+def test_train_save_load_an_episodic_lora_on_wan_and_stream_it_in_a_walk(comfy, pack, wan_choice, walk):
     model = node(comfy, "CoMELoadWorldModel").execute(model=wan_choice, dtype="float32", device="cpu").args[0]
-    frames, depth, cameras, _, _ = node(comfy, "CoMELoadEpisode").execute(episode="sample_episode.safetensors").args
-    with pytest.raises(ValueError, match="world_model: .*Wan"):
-        node(comfy, "CoMETrainEpisodicLoRA").execute(world_model=model, frames=frames[:8], metric_depth=depth,
-                                                     camera_path=cameras.slice(0, 8), rank=2, steps=1, lr=1e-3,
-                                                     seed=0)
+    frames, path = walk
+    depth = node(comfy, "CoMENavigate").execute(world_model=model, initial_frames=frames, camera_path=path,
+                                                chunk_size=CHUNK, steps=1, seed=0).args[3]
+    rgb = node(comfy, "CoMENavigate").execute(world_model=model, initial_frames=frames, camera_path=path,
+                                              chunk_size=CHUNK, steps=1, seed=0).args[0]
+    lora, curve = node(comfy, "CoMETrainEpisodicLoRA").execute(world_model=model, frames=rgb, metric_depth=depth,
+                                                               camera_path=path, rank=2, steps=3, lr=1e-2,
+                                                               seed=0).args
+    assert lora.steps == 3 and curve.shape[0] == 1 and curve.shape[-1] == 3
+    assert lora.backbone.startswith("WanTransformer3DModel")
+    saved = node(comfy, "CoMESaveEpisodicLoRA").execute(lora=lora, filename_prefix="wan_test").args[0]
+    loaded = node(comfy, "CoMELoadEpisodicLoRA").execute(lora_file=saved).args[0]
+    assert all(torch.equal(loaded.weights[k], lora.weights[k]) for k in lora.weights)
+    more = node(comfy, "CoMETrainEpisodicLoRA").execute(world_model=model, frames=rgb, metric_depth=depth,
+                                                        camera_path=path, rank=8, steps=1, lr=1e-2, seed=1,
+                                                        continue_from=loaded).args[0]
+    assert more.steps == 4 and more.rank == 2  # continuing keeps the LoRA's rank
+    expert = node(comfy, "CoMELongTermExpert").execute(lora=loaded, alpha=1.5, stream_steps=1, stream_lr=1e-3).args[0]
+    composition = node(comfy, "CoMEPoCECombine").execute(mode="poce", expert_1=expert).args[0]
+    out = node(comfy, "CoMENavigateWithMemory").execute(world_model=model, composition=composition,
+                                                        initial_frames=frames, camera_path=path, chunk_size=CHUNK,
+                                                        steps=1, seed=0).args
+    assert out[0].shape == rgb.shape and out[5].steps == 3 + 1  # streamed once, between the two chunks
+    embedded = node(comfy, "CoMELoadWorldModel").execute(model="come-default (embedded)", dtype="float32",
+                                                         device="cpu").args[0]
+    with pytest.raises(ValueError, match="continue_from: .*another backbone"):
+        node(comfy, "CoMETrainEpisodicLoRA").execute(world_model=embedded, frames=rgb, metric_depth=depth,
+                                                     camera_path=path, rank=2, steps=1, lr=1e-3, seed=0,
+                                                     continue_from=loaded)
     with pytest.raises(ValueError, match="chunk_size"):
-        node(comfy, "CoMENavigate").execute(world_model=model, initial_frames=walk[0], camera_path=walk[1],
+        node(comfy, "CoMENavigate").execute(world_model=model, initial_frames=frames, camera_path=path,
                                             chunk_size=3, steps=1, seed=0)

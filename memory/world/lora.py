@@ -33,6 +33,9 @@ from .world_model import WorldModel
 
 LORA_FORMAT = "come-episodic-lora/1"
 TARGET_LAYERS = ("qkv", "proj", "fc1", "fc2")
+# on a Wan transformer: the projections of every block's self- and cross-attention and of its MLP (diffusers' names)
+WAN_LORA_LAYERS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+                   "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2")
 ADAPTER = "episodic"
 # Measured on this 2-core CPU with the embedded model on the sample episode's 64 context frames (64x64):
 # rank 16 (131k adapter weights), 100 AdamW steps of one window each take about 13 s; at lr 1e-3 they
@@ -98,11 +101,18 @@ def new_lora(model: WorldModel, rank: int = DEFAULT_RANK, seed: int = 0) -> Epis
     return EpisodicLoRA(weights, rank, float(rank), lora_targets(model.network), backbone_fingerprint(model.network), 0)
 
 
+def adapted_layer(target: str) -> bool:
+    """Whether module name ``target`` is a projection an episodic LoRA adapts (MosaicDiT's or a Wan block's)."""
+    return target.rsplit(".", 1)[-1] in TARGET_LAYERS or (
+        target.startswith("blocks.") and target.split(".", 2)[-1] in WAN_LORA_LAYERS)
+
+
 def check_weights(weights: dict[str, torch.Tensor], rank: int, targets: tuple[str, ...], name: str) -> None:
     """ValueError naming ``name`` unless ``weights`` are exactly the finite float A [rank,in] and B [out,rank] of ``targets``."""
-    if not targets or any(not isinstance(t, str) or t.rsplit(".", 1)[-1] not in TARGET_LAYERS for t in targets) \
+    if not targets or any(not isinstance(t, str) or not adapted_layer(t) for t in targets) \
             or len(set(targets)) != len(targets):
-        raise ValueError(f"{name}: its targets {list(targets)[:4]} are not distinct {'/'.join(TARGET_LAYERS)} modules; "
+        raise ValueError(f"{name}: its targets {list(targets)[:4]} are not distinct {'/'.join(TARGET_LAYERS)} (or Wan "
+                         "attention / MLP projection) modules; "
                          "train or save the LoRA again.")
     expected = {f"{t}.lora_{side}.weight" for t in targets for side in "AB"}
     if set(weights) != expected:
@@ -124,11 +134,15 @@ def check_lora(lora: object, model: WorldModel, name: str = "lora") -> EpisodicL
         raise ValueError(f"{name}: expected an episodic LoRA (Train or Load Episodic LoRA), got {type(lora).__name__}.")
     check_count(lora.rank, name, 1, MAX_LORA_RANK, "(rank)")
     check_weights(lora.weights, lora.rank, lora.targets, name)
-    expected = backbone_fingerprint(model.network)
-    if lora.backbone != expected:
+    return check_fits(lora, model.network, backbone_fingerprint(model.network), name)
+
+
+def check_fits(lora: EpisodicLoRA, network: nn.Module, fingerprint: str, name: str = "lora") -> EpisodicLoRA:
+    """``lora`` if it was trained on a backbone of ``fingerprint`` and every adapter fits ``network``'s modules, else a ValueError naming ``name``."""
+    if lora.backbone != fingerprint:
         raise ValueError(f"{name}: a LoRA trained on another backbone ({lora.backbone}); this world model is "
-                         f"{expected}. Train a LoRA on this world model.")
-    modules = dict(model.network.named_modules())
+                         f"{fingerprint}. Train a LoRA on this world model.")
+    modules = dict(network.named_modules())
     for target in lora.targets:
         module = modules.get(target)
         a, b = lora.weights[f"{target}.lora_A.weight"], lora.weights[f"{target}.lora_B.weight"]
@@ -203,7 +217,7 @@ def _adapted(model: WorldModel, lora: EpisodicLoRA) -> nn.Module:
     return network
 
 
-def _check_lr(lr: object) -> float:
+def check_lr(lr: object) -> float:
     """``lr`` as a float in (0, 1), else a ValueError naming ``lr``."""
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1:
         raise ValueError(f"lr: the learning rate must be a number in (0, 1), got {lr!r}; try {DEFAULT_LR}.")
@@ -213,17 +227,20 @@ def _check_lr(lr: object) -> float:
 class LoRATraining:
     """LoRA training as it runs: each item is one AdamW step (its loss); ``lora`` is the adapter after the steps finished.
 
-    A caller that stops iterating (a cancel) keeps a consistent LoRA of the steps done so far.
+    ``adapt()`` gives the trainable copy of the backbone with ``start`` in its adapter, and
+    ``loss(network, rng, generator)`` one step's loss on a random window of the episode, so every
+    backbone trains its LoRA in this one loop. A caller that stops iterating (a cancel) keeps a
+    consistent LoRA of the steps done so far.
     """
 
-    def __init__(self, model: WorldModel, frames: _Frames, start: EpisodicLoRA, steps: int, lr: float, seed: int):
-        self.model, self.frames, self.start, self.steps, self.lr, self.seed = model, frames, start, steps, lr, seed
+    def __init__(self, start: EpisodicLoRA, steps: int, lr: float, seed: int, adapt: Callable[[], nn.Module],
+                 loss: Callable[[nn.Module, random.Random, torch.Generator], torch.Tensor]):
+        self.start, self.steps, self.lr, self.seed, self.adapt, self.loss = start, steps, lr, seed, adapt, loss
         self.losses: list[float] = []
         self._network: nn.Module | None = None
 
     def __iter__(self) -> Iterator[float]:
-        model, frames, c = self.model, self.frames, self.model.context_frames
-        self.losses, network = [], _adapted(model, self.start)
+        self.losses, network = [], self.adapt()
         self._network = network.train()
         trainable = [p for p in network.parameters() if p.requires_grad]
         with _trainable():
@@ -232,10 +249,7 @@ class LoRATraining:
         for _ in range(self.steps):
             # grad mode per step, not around the yield: the caller's code must not run with autograd on
             with _trainable():
-                first = rng.randrange(0, len(frames) - c - TARGET_FRAMES + 1)
-                window = make_window(frames, first, mosaic_sources(frames, first, c, rng), c)
-                loss = training_loss(network, model.schedule, window.clean[None], window.mosaic[None],
-                                     window.rays[None], generator)
+                loss = self.loss(network, rng, generator)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP)
@@ -261,10 +275,19 @@ def lora_training(model: WorldModel, rgb: torch.Tensor, depth: torch.Tensor, c2w
     if not isinstance(model, WorldModel):
         raise ValueError(f"world_model: expected the output of Load World Model, got {type(model).__name__}.")
     steps = check_count(steps, "steps", 1, MAX_LORA_STEPS)
-    lr = _check_lr(lr)
+    lr = check_lr(lr)
     seed = check_count(seed, "seed", 0, MAX_SEED)
     start = new_lora(model, rank, seed) if start is None else check_lora(start, model)
-    return LoRATraining(model, _frames(model, rgb, depth, c2w, K), start, steps, lr, seed)
+    frames, c = _frames(model, rgb, depth, c2w, K), model.context_frames
+
+    def window_loss(network: nn.Module, rng: random.Random, generator: torch.Generator) -> torch.Tensor:
+        """The backbone's own loss on one random window of the frames."""
+        first = rng.randrange(0, len(frames) - c - TARGET_FRAMES + 1)
+        window = make_window(frames, first, mosaic_sources(frames, first, c, rng), c)
+        return training_loss(network, model.schedule, window.clean[None], window.mosaic[None], window.rays[None],
+                             generator)
+
+    return LoRATraining(start, steps, lr, seed, lambda: _adapted(model, start), window_loss)
 
 
 def train_episodic_lora(model: WorldModel, rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor,

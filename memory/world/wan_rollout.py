@@ -30,7 +30,9 @@ from .backbones.wan import WanWorldModel, decode_video, encode_video, transforme
 from .experts import (
     BASE, LORA, BaseExpert, Composition, LongTermExpert, RolloutState, ShortTermExpert, SpatialExpert,
 )
-from .lora import ADAPTER, GRAD_CLIP, EpisodicLoRA, backbone_fingerprint
+from .lora import (
+    ADAPTER, EpisodicLoRA, LoRATraining, adapted_layer, backbone_fingerprint, check_fits, check_lr, check_weights,
+)
 from .mosaic import Mosaic, warp_frames
 from .poce import composed_step, weighted_mean, weights
 from .rollout import Chunk, chunk_count, predict_depth
@@ -38,9 +40,6 @@ from .world_model import WorldModel, load_world_model
 
 # Wan's own pipelines sample in 30-50 steps; fewer lose detail, more cost time on a CPU
 DEFAULT_WAN_STEPS = 30
-# the projections of every block's self- and cross-attention and of its MLP (diffusers' module names)
-WAN_LORA_LAYERS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
-                   "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2")
 WAN_SHAPE_KEYS = ("patch_size", "num_attention_heads", "attention_head_dim", "num_layers", "ffn_dim", "in_channels",
                   "text_dim")
 # the adapter of the long-term expert's transformer in a rollout
@@ -60,8 +59,7 @@ class WanPlan:
 def wan_lora_targets(transformer: nn.Module) -> tuple[str, ...]:
     """The Linear modules an episodic LoRA adapts on a Wan transformer: attention and MLP projections of every block."""
     return tuple(name for name, module in transformer.named_modules()
-                 if isinstance(module, nn.Linear) and name.startswith("blocks.")
-                 and name.split(".", 2)[-1] in WAN_LORA_LAYERS)
+                 if isinstance(module, nn.Linear) and name.startswith("blocks.") and adapted_layer(name))
 
 
 def new_wan_lora(model: WanWorldModel, rank: int = 16, seed: int = 0) -> EpisodicLoRA:
@@ -78,22 +76,24 @@ def new_wan_lora(model: WanWorldModel, rank: int = 16, seed: int = 0) -> Episodi
 
 
 def check_wan_lora(lora: object, model: WanWorldModel, name: str = "lora") -> EpisodicLoRA:
-    """``lora`` if it is an episodic LoRA of this Wan transformer, else a ValueError naming ``name``."""
+    """``lora`` if it is an episodic LoRA whose backbone, targets and rank fit this Wan transformer, else a ValueError naming ``name``."""
     if not isinstance(lora, EpisodicLoRA):
-        raise ValueError(f"{name}: expected an episodic LoRA (Train Episodic LoRA), got {type(lora).__name__}.")
-    fingerprint = backbone_fingerprint(model.transformer, WAN_SHAPE_KEYS)
-    if lora.backbone != fingerprint:
-        raise ValueError(f"{name}: the LoRA was trained on {lora.backbone}, not on this model ({fingerprint}); train "
-                         "one on this Wan model.")
-    return lora
+        raise ValueError(f"{name}: expected an episodic LoRA (Train or Load Episodic LoRA), got {type(lora).__name__}.")
+    check_count(lora.rank, name, 1, MAX_LORA_RANK, "(rank)")
+    check_weights(lora.weights, lora.rank, lora.targets, name)
+    return check_fits(lora, model.transformer, backbone_fingerprint(model.transformer, WAN_SHAPE_KEYS), name)
 
 
-def _adapted(model: WanWorldModel, targets: tuple[str, ...], rank: int, alpha: float) -> nn.Module:
-    """A trainable float32 copy of the transformer with an episodic adapter added by its own peft support."""
+def _adapted(model: WanWorldModel, targets: tuple[str, ...], rank: int, alpha: float,
+             lora: EpisodicLoRA | None = None) -> nn.Module:
+    """A trainable float32 copy of the transformer with an episodic adapter (``lora``'s weights) added by its own peft support."""
     with torch.inference_mode(False):
         # a copy outside inference mode: ComfyUI loads weights as inference tensors, which autograd cannot save
         network = copy.deepcopy(model.transformer).float()
         network.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets)), adapter_name=ADAPTER)
+        if lora is not None:
+            # clones: training must never write into the tensors of the LoRA value it started from
+            set_peft_model_state_dict(network, {k: v.clone() for k, v in lora.weights.items()}, adapter_name=ADAPTER)
     for parameter_name, parameter in network.named_parameters():
         parameter.requires_grad_(f".{ADAPTER}." in parameter_name)
     return network
@@ -352,50 +352,53 @@ def wan_rollout(model: WanWorldModel, composition: Composition, frames: torch.Te
                       depth_model, callback, lora_callback, keep_memory)
 
 
-def train_wan_lora(model: WanWorldModel, rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
-                   lora: EpisodicLoRA, steps: int, lr: float, seed: int,
-                   callback: Callable[[int], None] | None = None) -> EpisodicLoRA:
-    """``lora`` trained ``steps`` AdamW steps on random clips of the frames rgb [F,H,W,3], depth [F,H,W], c2w [F,4,4].
+def wan_lora_training(model: WanWorldModel, rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor,
+                      K: torch.Tensor, lora: EpisodicLoRA, steps: int, lr: float, seed: int) -> LoRATraining:
+    """Checked inputs of an episodic-LoRA training on a Wan backbone that runs as it is iterated (one item per AdamW step).
 
-    The loss is the backbone's own flow-matching loss under the base expert's conditioning (the clip's
-    first frame and its warp into the other cameras), on the frames after the first. Works inside
-    ``torch.inference_mode()``; deterministic for a seed.
+    The loss is the backbone's own flow-matching loss under the base expert's conditioning (a clip's
+    first frame and its warp into the other cameras of the clip) on the frames after the first, for
+    clips drawn at random from frames rgb [F,H,W,3] 0..1, depth [F,H,W], c2w [F,4,4]. Works inside
+    ``torch.inference_mode()``; deterministic for a seed; a caller that stops keeps the steps finished.
     """
     check_wan_lora(lora, model)
     steps = check_count(steps, "steps", 1, MAX_LORA_STEPS)
+    lr = check_lr(lr)
+    check_count(seed, "seed", 0, MAX_SEED)
     clip = 1 + model.temporal_scale
-    frames = check_frames(rgb, "frames")
+    with torch.inference_mode(False):
+        # copies made outside inference mode, which autograd can save for backward
+        frames, depth = check_frames(rgb, "frames").float().clone(), depth.float().clone()
+        c2w, K = c2w.float().clone(), K.float().clone()
     if len(frames) < clip:
         raise ValueError(f"frames: an episodic LoRA on this Wan model trains on clips of {clip} frames, got "
                          f"{len(frames)}; give at least {clip} frames.")
-    rng = random.Random(seed)
-    generator = torch.Generator().manual_seed(seed)
     height, width = frames.shape[1:3]
-    with torch.inference_mode(False), torch.enable_grad():
-        network = _adapted(model, lora.targets, lora.rank, lora.alpha)
-        set_peft_model_state_dict(network, {k: v.clone() for k, v in lora.weights.items()}, adapter_name=ADAPTER)
-        trainable = [p for p in network.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
-        for step in range(steps):
-            start = rng.randrange(len(frames) - clip + 1)
-            window = slice(start, start + clip)
-            source = slice(start, start + 1)
-            mosaic = warp_frames(frames[source], depth[source].float(), c2w[source].float(), K.float(),
-                                 c2w[start + 1:start + clip].float())
-            condition = condition_video(model, frames[start], mosaic, clip - 1, height, width).clone()
-            target = encode_video(model, frames[window]).clone()
-            sigma = torch.rand((), generator=generator)
-            noise = torch.randn(target.shape, generator=generator)
-            noisy = (1 - sigma) * target + sigma * noise
-            args, kwargs = transformer_inputs(model, noisy, sigma, condition, dtype=torch.float32)
-            predicted = network(*args, **kwargs)[0].float().cpu()
-            loss = F.mse_loss(predicted[:, :, 1:], (noise - target)[:, :, 1:])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP)
-            optimizer.step()
-            if callback is not None:
-                callback(step)
-        weights = {k: v.detach().float().cpu().clone()
-                   for k, v in get_peft_model_state_dict(network, adapter_name=ADAPTER).items()}
-    return EpisodicLoRA(weights, lora.rank, lora.alpha, lora.targets, lora.backbone, lora.steps + steps)
+
+    def clip_loss(network: nn.Module, rng: random.Random, generator: torch.Generator) -> torch.Tensor:
+        """The flow-matching loss of one random clip."""
+        start = rng.randrange(len(frames) - clip + 1)
+        source = slice(start, start + 1)
+        mosaic = warp_frames(frames[source], depth[source], c2w[source], K, c2w[start + 1:start + clip])
+        condition = condition_video(model, frames[start], mosaic, clip - 1, height, width)
+        target = encode_video(model, frames[start:start + clip])
+        sigma = torch.rand((), generator=generator)
+        noise = torch.randn(target.shape, generator=generator)
+        args, kwargs = transformer_inputs(model, (1 - sigma) * target + sigma * noise, sigma, condition,
+                                          dtype=torch.float32)
+        predicted = network(*args, **kwargs)[0].float().cpu()
+        return F.mse_loss(predicted[:, :, 1:], (noise - target)[:, :, 1:])
+
+    return LoRATraining(lora, steps, lr, seed, lambda: _adapted(model, lora.targets, lora.rank, lora.alpha, lora),
+                        clip_loss)
+
+
+def train_wan_lora(model: WanWorldModel, rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
+                   lora: EpisodicLoRA, steps: int, lr: float, seed: int,
+                   callback: Callable[[int], None] | None = None) -> EpisodicLoRA:
+    """``lora`` trained ``steps`` steps (:func:`wan_lora_training`); ``callback(step)`` after each, its exceptions propagate."""
+    run = wan_lora_training(model, rgb, depth, c2w, K, lora, steps, lr, seed)
+    for step, _ in enumerate(run):
+        if callback is not None:
+            callback(step)
+    return run.lora
