@@ -182,7 +182,11 @@ class NavigateWithMemory(io.ComfyNode):
                     io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                                  tooltip="Seed of the noise; the same seed and inputs give the same video."),
                     DepthType.Input("initial_depth", optional=True,
-                                    tooltip="Metric depth of the initial frames; predicted if not connected.")],
+                                    tooltip="Metric depth of the initial frames; predicted if not connected."),
+                    WorldModelType.Input("depth_model", optional=True,
+                                         tooltip="For a Wan world_model: the MosaicDiT model (Load World Model) whose "
+                                         "depth pass lifts generated frames into the patch memory; the embedded "
+                                         "model if not connected.")],
             outputs=[io.Image.Output("frames", display_name="frames", tooltip="Initial and generated frames."),
                      io.Image.Output("depth", display_name="depth", tooltip="Depth of every frame for display."),
                      CameraPathType.Output("covered_path", display_name="covered_path",
@@ -196,16 +200,21 @@ class NavigateWithMemory(io.ComfyNode):
     @classmethod
     def execute(cls, world_model: WorldModel | WanWorldModel, composition: Composition, initial_frames: torch.Tensor,
                 camera_path: CameraPath, chunk_size: int, steps: int, seed: int,
-                initial_depth: DepthMaps | None = None) -> io.NodeOutput:
+                initial_depth: DepthMaps | None = None,
+                depth_model: WorldModel | None = None) -> io.NodeOutput:
         require_world_model(world_model)
         if not isinstance(camera_path, CameraPath):
             raise ValueError(f"camera_path: expected a camera path, got {type(camera_path).__name__}.")
         depth = None if initial_depth is None else initial_depth.metres
         # the rollout checks its inputs now and runs lazily, so the bar it ticks can be sized by the checked inputs
+        if depth_model is not None and not isinstance(depth_model, WorldModel):
+            raise ValueError("depth_model: expected a MosaicDiT world model from Load World Model (its depth pass "
+                             f"predicts metric depth), got {type(depth_model).__name__}; leave it unconnected for the "
+                             "embedded model.")
         if isinstance(world_model, WanWorldModel):
             run = wan_rollout(world_model, composition, initial_frames, depth, camera_path, chunk_size, steps, seed,
-                              callback=lambda _: progress.step(), lora_callback=lambda _: progress.step(),
-                              keep_memory=True)
+                              depth_model=depth_model, callback=lambda _: progress.step(),
+                              lora_callback=lambda _: progress.step(), keep_memory=True)
             total = wan_progress_steps(composition, len(initial_frames), len(camera_path), chunk_size, steps)
         else:
             run = rollout(world_model, composition, initial_frames, depth, camera_path, chunk_size, steps, seed,

@@ -120,6 +120,14 @@ def test_train_save_load_an_episodic_lora_on_wan_and_stream_it_in_a_walk(comfy, 
         node(comfy, "CoMETrainEpisodicLoRA").execute(world_model=embedded, frames=rgb, metric_depth=depth,
                                                      camera_path=path, rank=2, steps=1, lr=1e-3, seed=0,
                                                      continue_from=loaded)
+    with pytest.raises(ValueError, match="depth_model: .*MosaicDiT"):
+        node(comfy, "CoMENavigateWithMemory").execute(world_model=model, composition=composition,
+                                                      initial_frames=frames, camera_path=path, chunk_size=CHUNK,
+                                                      steps=1, seed=0, depth_model=model)
+    same = node(comfy, "CoMENavigateWithMemory").execute(world_model=model, composition=composition,
+                                                         initial_frames=frames, camera_path=path, chunk_size=CHUNK,
+                                                         steps=1, seed=0, depth_model=embedded).args
+    assert torch.equal(same[0], out[0]) and torch.equal(same[3].metres, out[3].metres)  # the embedded model is the default
     with pytest.raises(ValueError, match="chunk_size"):
         node(comfy, "CoMENavigate").execute(world_model=model, initial_frames=frames, camera_path=path,
                                             chunk_size=3, steps=1, seed=0)
