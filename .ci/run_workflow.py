@@ -18,6 +18,8 @@ from pathlib import Path
 PACK = Path(__file__).resolve().parent.parent
 PACK_NAME = "ComfyUI-CoME"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# nodes that live only in the frontend: its graphToPrompt leaves them out of the prompt
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
 
 
 def is_widget(spec: tuple) -> bool:
@@ -31,7 +33,7 @@ def ui_to_api(workflow: dict, node_classes: dict) -> dict:
     links = {link[0]: link for link in workflow.get("links", [])}
     prompt = {}
     for node in workflow["nodes"]:
-        if node.get("mode", 0) in (2, 4):
+        if node.get("mode", 0) in (2, 4) or node["type"] in FRONTEND_ONLY:
             continue
         kind = node["type"]
         if kind not in node_classes:

@@ -8,13 +8,20 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
 
 PACK = Path(__file__).resolve().parent.parent
 COMFY_DIR = Path(os.environ.get("COMFY_DIR", "/opt/comfyui"))
 HARNESS = Path(os.environ.get("COMFY_HARNESS", PACK.parent / "shared" / "tools" / "comfy-harness.sh"))
+# an SD2-style UNet (one level, 320 channels, 1024-wide cross-attention) that ComfyUI's model detection recognises
+TINY_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[1],
+                 channel_mult=[1], transformer_depth=[1], transformer_depth_output=[1, 1],
+                 transformer_depth_middle=-2, context_dim=1024, use_linear_in_transformer=True,
+                 use_spatial_transformer=True, num_head_channels=64, legacy=False)
 
 
 def require_comfyui() -> None:
@@ -65,11 +72,36 @@ def execute_prompt(prompt: dict):
     return asyncio.run(run())
 
 
-def run_harness(mode: str, workflows: list[str], work: Path, timeout: int = 1200) -> dict:
-    """Run ``comfy-harness.sh run-ui|run-api|run-direct`` on workflows; returns its results JSON and output."""
+def tiny_unet(**changes: object) -> torch.nn.Module:
+    """ComfyUI's UNetModel in the TINY_UNET configuration with ``changes`` (ComfyUI imported in-process)."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from comfy.ops import disable_weight_init
+    return UNetModel(**{**TINY_UNET, **changes}, operations=disable_weight_init)
+
+
+def random_weights(module: torch.nn.Module, generator: torch.Generator, prefix: str = "",
+                   scale: float = 0.05) -> dict[str, torch.Tensor]:
+    """Seeded random tensors shaped as ``module``'s state dict, keys prefixed: a random model ComfyUI detects by shape."""
+    return {prefix + k: torch.randn(v.shape, generator=generator) * scale for k, v in module.state_dict().items()}
+
+
+def saved_latent(out_dir: Path, prefix: str) -> torch.Tensor:
+    """The one latent a SaveLatent node with ``filename_prefix`` ``prefix`` wrote to ``out_dir``."""
+    from safetensors.torch import load_file
+    folder, name = (out_dir / prefix).parent, Path(prefix).name
+    files = sorted(folder.glob(f"{name}_{'[0-9]' * 5}_.latent"))
+    assert len(files) == 1, files
+    return load_file(str(files[0]))["latent_tensor"]
+
+
+def run_harness(mode: str, workflows: list[str], work: Path, timeout: int = 1200,
+                server_args: Sequence[str] = ()) -> dict:
+    """Run ``comfy-harness.sh run-ui|run-api|run-direct`` on workflows (``server_args`` go to ComfyUI's main.py);
+    returns its results JSON and output."""
     require_comfyui()
     proc = subprocess.run(
-        ["bash", str(HARNESS), mode, "--work", str(work), "--timeout", "600", str(PACK), *workflows],
+        ["bash", str(HARNESS), mode, "--work", str(work), "--timeout", "600",
+         *(f"--server-arg={a}" for a in server_args), str(PACK), *workflows],
         cwd=PACK, capture_output=True, text=True, timeout=timeout,
     )
     results_file = work / f"results-{mode.split('-')[1]}.json"

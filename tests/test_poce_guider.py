@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from comfyui_support import execute_prompt
+from comfyui_support import execute_prompt, random_weights, saved_latent, tiny_unet
 from memory.world.poce import MODES, mix_denoised, weights
 
 MODEL_FILE = "come_tiny_sd2_unet.safetensors"
@@ -24,10 +24,6 @@ LORA_MODULE = "input_blocks.1.1.transformer_blocks.0.attn2.to_k"
 LORA_RANK, LORA_ALPHA = 4, 2.0
 ALPHAS = (2.0, 1.5, 3.0)
 SEED, SIZE, STEPS = 7, 64, 2
-TINY_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[1],
-                 channel_mult=[1], transformer_depth=[1], transformer_depth_output=[1, 1],
-                 transformer_depth_middle=-2, context_dim=1024, use_linear_in_transformer=True,
-                 use_spatial_transformer=True, num_head_channels=64, legacy=False)
 
 
 def eps_formula(mode: str, alphas: tuple[float, ...], e: list[torch.Tensor], n: list[torch.Tensor]) -> torch.Tensor:
@@ -68,15 +64,11 @@ def test_guider_mix_without_clean_signal_is_an_error_naming_the_mode():
 def tiny_files(comfy, tmp_path_factory):
     """A tiny random SD2-style UNet and a LoRA for it, registered in ComfyUI's diffusion_models and loras folders."""
     import folder_paths
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-    from comfy.ops import disable_weight_init
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("poce_guider_models")
-    shapes = UNetModel(**TINY_UNET, operations=disable_weight_init).state_dict()
     g = torch.Generator().manual_seed(0)
-    save_file({k: torch.randn(v.shape, generator=g) * 0.05 for k, v in shapes.items()},
-              str(root / MODEL_FILE))
+    save_file(random_weights(tiny_unet(), g), str(root / MODEL_FILE))
     lora = {"up": torch.randn(320, LORA_RANK, generator=g) * 0.5, "down": torch.randn(LORA_RANK, 1024, generator=g) * 0.5}
     save_file({f"diffusion_model.{LORA_MODULE}.lora_up.weight": lora["up"],
                f"diffusion_model.{LORA_MODULE}.lora_down.weight": lora["down"],
@@ -130,14 +122,6 @@ def graph(flow: bool, runs: dict[str, tuple[str, int]]) -> dict:
         prompt[save] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0],
                                                                "filename_prefix": f"poce_guider/{name}"}}
     return prompt
-
-
-def saved_latent(out_dir, name: str) -> torch.Tensor:
-    """The latent a SaveLatent node of ``graph`` wrote for run ``name``."""
-    from safetensors.torch import load_file
-    files = sorted((out_dir / "poce_guider").glob(f"{name}_{'[0-9]' * 5}_.latent"))
-    assert len(files) == 1, files
-    return load_file(str(files[0]))["latent_tensor"]
 
 
 def direct_compositions(mappings, root, lora, flow: bool) -> dict[str, torch.Tensor]:
@@ -195,10 +179,10 @@ def test_guider_in_the_executor_matches_the_direct_composition(comfy, tiny_files
     assert executor.success, [d for ev, d in executor.status_messages if ev == "execution_error"]
     direct = direct_compositions(mappings, root, lora, flow)
     for name, (mode, _) in list(runs.items())[:len(MODES)]:
-        got, expected = saved_latent(out_dir, name), direct[mode]
+        got, expected = saved_latent(out_dir, f"poce_guider/{name}"), direct[mode]
         assert got.shape == expected.shape == (1, 4, SIZE // 8, SIZE // 8)
         assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (name, (got - expected).abs().max())
-    assert flow or torch.isfinite(saved_latent(out_dir, "eps_all_steps")).all()
+    assert flow or torch.isfinite(saved_latent(out_dir, "poce_guider/eps_all_steps")).all()
     # one batched call per step for all of a run's terms; zero weights (poe's nulls, single's others) are skipped
     per_step = {"poce": 6, "poce_normalized": 6, "poe": 3, "single": 2}
     assert sorted(calls) == sorted([*per_step.values(), *([] if flow else [per_step["poce"]] * STEPS)])
