@@ -132,17 +132,25 @@ def guide(model: WanWorldModel, x0: torch.Tensor, condition: torch.Tensor, weigh
     return x0 + weight * coverage * (condition[:, model.temporal_scale:] - x0)
 
 
-def wan_plan(expert: object, state: RolloutState, targets: torch.Tensor) -> WanPlan:
-    """Which network and mosaic ``expert`` predicts the chunk at cameras ``targets`` [T,4,4] with, from the rollout's memories."""
+def wan_plan(expert: object, state: RolloutState, targets: torch.Tensor, mosaics: dict) -> WanPlan:
+    """Which network and mosaic ``expert`` predicts the chunk at cameras ``targets`` [T,4,4] with, from the rollout's memories.
+
+    ``mosaics`` holds the chunk's warps of the latest frames by source count, so experts reading the same
+    one share it (and its encoding) instead of warping again.
+    """
+    def latest(frames: int) -> Mosaic:
+        if frames not in mosaics:
+            mosaics[frames] = state.latest_mosaic(targets, frames)
+        return mosaics[frames]
+
     if isinstance(expert, ShortTermExpert):
-        return WanPlan(BASE, state.latest_mosaic(targets, expert.frames))
+        return WanPlan(BASE, latest(expert.frames))
     if isinstance(expert, SpatialExpert):
         mosaic, memory_only = state.spatial_mosaic(targets, expert.memory, expert.max_patches)
         if expert.guidance > 0:
             return WanPlan(BASE, memory_only, guidance=expert.guidance)
         return WanPlan(BASE, mosaic)
-    base = state.latest_mosaic(targets, state.mosaic_frames)
-    return WanPlan(LORA if isinstance(expert, LongTermExpert) else BASE, base)
+    return WanPlan(LORA if isinstance(expert, LongTermExpert) else BASE, latest(state.mosaic_frames))
 
 
 def lora_transformer(model: WanWorldModel, lora: EpisodicLoRA) -> nn.Module:
@@ -217,6 +225,8 @@ class WanRollout:
         total = sum(w_memory) + sum(w_null)
         latent_shape = (1, model.latent_channels, 1 + self.chunk // model.temporal_scale,
                         path.height // model.spatial_scale, path.width // model.spatial_scale)
+        # the null memory holds nothing of the walk: one encoding serves every chunk
+        null = condition_video(model, None, None, self.chunk, path.height, path.width) if any(w_null) else None
         chunk_index = 0
         while state.done < len(path):
             if chunk_index and self.long_term is not None and self.long_term.stream_steps:
@@ -231,14 +241,14 @@ class WanRollout:
             cameras = path.c2w[state.done:state.done + new]
             targets = torch.cat([cameras, cameras[-1:].expand(self.chunk - new, -1, -1)])
             anchor = state.rgb[-1]
-            plans = [(w, v, wan_plan(expert, state, targets))
+            mosaics: dict[int, Mosaic] = {}
+            plans = [(w, v, wan_plan(expert, state, targets, mosaics))
                      for expert, w, v in zip(self.composition.experts, w_memory, w_null) if w]
             conditions: dict[int, torch.Tensor] = {}
             for _, _, p in plans:
                 if id(p.mosaic) not in conditions:
                     conditions[id(p.mosaic)] = condition_video(model, anchor, p.mosaic, self.chunk, path.height,
                                                                path.width)
-            null = condition_video(model, None, None, self.chunk, path.height, path.width) if any(w_null) else None
             latents = self._denoise(plans, conditions, null, networks, latent_shape, total, generator)
             rgb = decode_video(model, latents)[1:1 + new]
             depth = predict_depth(self.depth_model, rgb, cameras, path.K, 1, generator)
