@@ -135,11 +135,12 @@ def test_text_to_video_wan_reads_the_memory_by_guidance(tmp_path, depth_model, e
     assert strong < 0.75 * weak
 
 
-def test_unipc_flow_scheduler_and_bfloat16(tmp_path, depth_model, episode):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_unipc_flow_scheduler_and_half_precision(tmp_path, depth_model, episode, dtype):
     folder = write_wan_folder(tmp_path / "unipc", scheduler=UniPCMultistepScheduler(
         use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0))
-    wan = load_wan_world_model(folder, dtype=torch.bfloat16)
-    assert wan.dtype == torch.bfloat16
+    wan = load_wan_world_model(folder, dtype=dtype)
+    assert wan.dtype == dtype
     frames, depth, path = walk(episode, 3, 4)
     out = list(wan_rollout(wan, Composition((BaseExpert(), ShortTermExpert(frames=2)), mode="poce"), frames, depth,
                            path, chunk=4, steps=3, depth_model=depth_model))
