@@ -206,6 +206,8 @@ def test_bad_rollout_inputs_are_refused_naming_them(wan, depth_model, episode):
     base = Composition((BaseExpert(),))
     with pytest.raises(ValueError, match="chunk_size"):
         wan_rollout(wan, base, frames, depth, path, chunk=3, depth_model=depth_model)
+    with pytest.raises(ValueError, match="initial_depth: holds NaN"):
+        wan_rollout(wan, base, frames, depth * float("nan"), path, depth_model=depth_model)
     wrong_patch = memory_of(frames, depth, path, 8)
     with pytest.raises(ValueError, match="memory: .*16"):
         wan_rollout(wan, Composition((SpatialExpert(wrong_patch),)), frames, depth, path, depth_model=depth_model)

@@ -179,23 +179,14 @@ def predict_depth(model: WorldModel, frames: torch.Tensor, c2w: torch.Tensor, K:
     return decode_rgbd(sample_chunk(model, depth_pass, len(frames), steps, generator, callback))[1]
 
 
-def rollout(model: WorldModel, composition: Composition, frames: torch.Tensor, depth: torch.Tensor | None,
-            path: CameraPath, chunk: int = 4, steps: int = DEFAULT_STEPS, seed: int = 0,
-            callback: Callable[[int], None] | None = None,
-            lora_callback: Callable[[int], None] | None = None, keep_memory: bool = False) -> Rollout:
-    """Roll ``composition`` out along ``path``: the first len(frames) cameras are the given frames, the rest is generated.
-
-    Inputs are checked now; the rollout runs as it is iterated, so a caller that stops early keeps
-    every chunk finished and ``Rollout.state`` holds memories consistent with them. ``callback`` is
-    called after every denoising step, ``lora_callback`` after every streamed LoRA step. Generated
-    frames are lifted into a patch memory when a spatial expert reads it or ``keep_memory`` asks for it.
-    """
+def check_rollout_inputs(composition: object, frames: object, depth: torch.Tensor | None,
+                         path: CameraPath) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The checked initial frames and depth (float) of a rollout on any backbone; bad input raises naming it."""
     if not isinstance(composition, Composition):
         raise ValueError(f"composition: expected the output of PoCE Combine, got {type(composition).__name__}.")
     frames = check_frames(frames, "initial_frames")
-    known = len(frames)
-    if not 1 <= known < len(path):
-        raise ValueError(f"camera_path: it has {len(path)} cameras but {known} initial frames; the path must be "
+    if not 1 <= len(frames) < len(path):
+        raise ValueError(f"camera_path: it has {len(path)} cameras but {len(frames)} initial frames; the path must be "
                          "longer than the initial frames (one camera per initial frame, then the cameras to generate).")
     if tuple(frames.shape[1:3]) != (path.height, path.width):
         raise ValueError(f"initial_frames: size {tuple(frames.shape[1:3])} differs from the camera path's "
@@ -209,6 +200,21 @@ def rollout(model: WorldModel, composition: Composition, frames: torch.Tensor, d
             raise ValueError("initial_depth: holds NaN, inf or negative values; metric depth is metres >= 0 "
                              "(0 = unknown or sky).")
         depth = depth.float()
+    return frames, depth
+
+
+def rollout(model: WorldModel, composition: Composition, frames: torch.Tensor, depth: torch.Tensor | None,
+            path: CameraPath, chunk: int = 4, steps: int = DEFAULT_STEPS, seed: int = 0,
+            callback: Callable[[int], None] | None = None,
+            lora_callback: Callable[[int], None] | None = None, keep_memory: bool = False) -> Rollout:
+    """Roll ``composition`` out along ``path``: the first len(frames) cameras are the given frames, the rest is generated.
+
+    Inputs are checked now; the rollout runs as it is iterated, so a caller that stops early keeps
+    every chunk finished and ``Rollout.state`` holds memories consistent with them. ``callback`` is
+    called after every denoising step, ``lora_callback`` after every streamed LoRA step. Generated
+    frames are lifted into a patch memory when a spatial expert reads it or ``keep_memory`` asks for it.
+    """
+    frames, depth = check_rollout_inputs(composition, frames, depth, path)
     chunk = check_count(chunk, "chunk_size", 1, MAX_CHUNK, "frames")
     check_count(steps, "steps", 1, MAX_STEPS)
     check_count(seed, "seed", 0, MAX_SEED)

@@ -31,11 +31,11 @@ from .experts import (
     BASE, LORA, BaseExpert, Composition, LongTermExpert, RolloutState, ShortTermExpert, SpatialExpert,
 )
 from .lora import (
-    ADAPTER, EpisodicLoRA, LoRATraining, adapted_layer, backbone_fingerprint, check_fits, check_lr, check_weights,
+    ADAPTER, DEFAULT_RANK, EpisodicLoRA, LoRATraining, adapted_layer, backbone_fingerprint, check_fits, check_lr, check_weights,
 )
 from .mosaic import Mosaic, warp_frames
 from .poce import composed_step, weighted_mean, weights
-from .rollout import Chunk, chunk_count, predict_depth
+from .rollout import MAX_CHUNK, Chunk, check_rollout_inputs, chunk_count, predict_depth
 from .world_model import WorldModel, load_world_model
 
 # Wan's own pipelines sample in 30-50 steps; fewer lose detail, more cost time on a CPU
@@ -62,7 +62,7 @@ def wan_lora_targets(transformer: nn.Module) -> tuple[str, ...]:
                  if isinstance(module, nn.Linear) and name.startswith("blocks.") and adapted_layer(name))
 
 
-def new_wan_lora(model: WanWorldModel, rank: int = 16, seed: int = 0) -> EpisodicLoRA:
+def new_wan_lora(model: WanWorldModel, rank: int = DEFAULT_RANK, seed: int = 0) -> EpisodicLoRA:
     """An untrained episodic LoRA (B = 0) for ``model``'s transformer, initialised by peft from ``seed``."""
     rank = check_count(rank, "rank", 1, MAX_LORA_RANK)
     check_count(seed, "seed", 0, MAX_SEED)
@@ -326,19 +326,8 @@ def wan_rollout(model: WanWorldModel, composition: Composition, frames: torch.Te
     the patch memory, and that of the initial frames when ``depth`` is None. A caller that stops early
     keeps every chunk finished, and ``WanRollout.state`` holds memories consistent with them.
     """
-    if not isinstance(composition, Composition):
-        raise ValueError(f"composition: expected the output of PoCE Combine, got {type(composition).__name__}.")
-    frames = check_frames(frames, "initial_frames")
-    if not 1 <= len(frames) < len(path):
-        raise ValueError(f"camera_path: it has {len(path)} cameras but {len(frames)} initial frames; the path must be "
-                         "longer than the initial frames (one camera per initial frame, then the cameras to generate).")
-    if tuple(frames.shape[1:3]) != (path.height, path.width):
-        raise ValueError(f"initial_frames: size {tuple(frames.shape[1:3])} differs from the camera path's "
-                         f"{(path.height, path.width)}; resize the frames or build the path at their size.")
-    if depth is not None and tuple(depth.shape) != tuple(frames.shape[:3]):
-        raise ValueError(f"initial_depth: {tuple(depth.shape)} does not match initial_frames {tuple(frames.shape[:3])}; "
-                         "give one depth map per initial frame at their size, or leave it unconnected to predict it.")
-    chunk = check_count(chunk, "chunk_size", 1, 256, "frames")
+    frames, depth = check_rollout_inputs(composition, frames, depth, path)
+    chunk = check_count(chunk, "chunk_size", 1, MAX_CHUNK, "frames")
     if chunk % model.temporal_scale:
         raise ValueError(f"chunk_size: {chunk} frames do not fill whole latent frames of this Wan VAE "
                          f"({model.temporal_scale} frames each); use a multiple of {model.temporal_scale}.")
@@ -358,7 +347,7 @@ def wan_rollout(model: WanWorldModel, composition: Composition, frames: torch.Te
         if isinstance(expert, LongTermExpert):
             check_wan_lora(expert.lora, model)
     depth_model = depth_model if depth_model is not None else load_world_model()
-    return WanRollout(model, composition, frames, depth if depth is None else depth.float(), path, chunk, steps, seed,
+    return WanRollout(model, composition, frames, depth, path, chunk, steps, seed,
                       depth_model, callback, lora_callback, keep_memory)
 
 
