@@ -178,7 +178,7 @@ class NavigateWithMemory(io.ComfyNode):
                     CameraPathType.Input("camera_path", tooltip="First one camera per initial frame, then the "
                                          "cameras to generate."),
                     io.Int.Input("chunk_size", default=4, min=1, max=64, tooltip="Frames generated together."),
-                    io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=200, tooltip="Denoising steps per chunk."),
+                    io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=200, tooltip="Denoising steps per chunk (the embedded model: 1; a Wan model: 20-50)."),
                     io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                                  tooltip="Seed of the noise; the same seed and inputs give the same video."),
                     DepthType.Input("initial_depth", optional=True,

@@ -128,7 +128,7 @@ class Navigate(io.ComfyNode):
                              tooltip="Frames generated together; each chunk sees the previous frames as context."),
                 io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=200,
                              tooltip="Denoising steps per chunk: 1 gives the model's mean prediction (highest fidelity, "
-                             "fastest); more steps give sharper, more varied samples."),
+                             "fastest); more steps give sharper, more varied samples. A Wan model needs its own 20-50."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the noise; the same seed and inputs give the same video."),
                 DepthType.Input("initial_depth", optional=True,
