@@ -167,4 +167,61 @@ def test_training_refuses_a_generated_confidence_out_of_range_and_a_missing_init
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="forced_chunks"):
             train(TrainConfig(data=tmp_path, out=tmp_path / "run", steps=1, workers=0, forced_chunks=bad))
+    for name, bad in (("recolour", 1.5), ("recolour", -0.1), ("gradient_weight", -1.0), ("gradient_weight", "1")):
+        with pytest.raises(ValueError, match=name):
+            train(TrainConfig(data=tmp_path, out=tmp_path / "run", steps=1, workers=0, **{name: bad}))
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_recoloured_episode_maps_every_frame_alike_and_keeps_its_geometry():
+    """One colour map for all frames: equal colours stay equal across frames, depth and cameras are untouched, draws differ."""
+    import random
+
+    from memory.train.recolour import recoloured
+
+    episode = read_episode(SAMPLE_EPISODE)
+    one, again, other = (recoloured(episode, random.Random(seed)) for seed in (3, 3, 4))
+    assert torch.equal(one.rgb, again.rgb) and not torch.equal(one.rgb, other.rgb)
+    assert one.rgb.dtype == torch.uint8 and one.rgb.shape == episode.rgb.shape
+    assert torch.equal(one.depth, episode.depth) and torch.equal(one.c2w, episode.c2w) and torch.equal(one.K, episode.K)
+    assert (one.rgb.float() - episode.rgb.float()).abs().mean() > 5  # the palette moved
+    # the same colour in two far-apart frames maps to the same colour
+    first, last = episode.rgb[0].reshape(-1, 3), episode.rgb[-1].reshape(-1, 3)
+    same = (first[:, None] == last[None]).all(-1).nonzero()
+    assert len(same) > 0
+    i, j = same[0]
+    assert torch.equal(one.rgb[0].reshape(-1, 3)[i], one.rgb[-1].reshape(-1, 3)[j])
+
+
+def test_stream_recolours_the_share_it_is_given(monkeypatch):
+    """recolour=0 leaves every episode's colours as they are; recolour=1 recolours every drawn episode."""
+    import itertools
+
+    from memory.train import stream as stream_module
+
+    episode = read_episode(SAMPLE_EPISODE)
+    calls = []
+    real = stream_module.recoloured
+    monkeypatch.setattr(stream_module, "recoloured", lambda e, rng: calls.append(1) or real(e, rng))
+    monkeypatch.setattr(stream_module, "SHUFFLE_BUFFER", 1)
+    for share, expected in ((0.0, 0), (1.0, 5)):
+        calls.clear()
+        windows = WindowStream([episode], 2, seed=0, recolour=share)
+        list(itertools.islice(iter(windows), 5))
+        assert len(calls) == expected
+
+
+def test_gradient_difference_costs_blur_and_speckle_but_not_the_truth():
+    """Zero for the true images; positive for a blurred and for a noisier copy; the loss adds it with its weight."""
+    from memory.train.loss import gradient_difference
+
+    true = torch.rand(2, 4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    blurred = torch.nn.functional.avg_pool2d(true.flatten(0, 1), 3, 1, 1).view_as(true)
+    speckled = true + 0.3 * torch.randn(true.shape, generator=torch.Generator().manual_seed(1))
+    assert gradient_difference(true, true) == 0
+    assert gradient_difference(blurred, true) > 0.05 and gradient_difference(speckled, true) > 0.05
+    clean, mosaic, rays = _batch()
+    model = MosaicDiT(hidden_size=32, depth=1, num_heads=1)
+    losses = [training_loss(model, training_schedule(), clean, mosaic, rays, torch.Generator().manual_seed(0),
+                            gradient_weight=w) for w in (0.0, 1.0, 2.0)]
+    assert losses[1] > losses[0] and torch.isclose(losses[2] - losses[0], 2 * (losses[1] - losses[0]), rtol=1e-4)

@@ -5,6 +5,8 @@ import argparse
 from pathlib import Path
 
 from .loop import TrainConfig, train
+from .loss import GRADIENT_WEIGHT
+from .recolour import RECOLOUR
 from .stream import MAX_FORCED_CHUNKS
 
 
@@ -31,13 +33,18 @@ def main() -> None:
                              "Gaussian likelihood: the clean estimates stay exactly as they are")
     parser.add_argument("--forced-chunks", type=int, default=MAX_FORCED_CHUNKS,
                         help=f"deepest self-forced rollout in chunks of 4 frames (default {MAX_FORCED_CHUNKS})")
+    parser.add_argument("--recolour", type=float, default=RECOLOUR,
+                        help=f"share of the drawn episodes whose frames are all recoloured alike (default {RECOLOUR})")
+    parser.add_argument("--gradient-weight", type=float, default=GRADIENT_WEIGHT,
+                        help=f"weight of the colours' gradient difference in the loss (default {GRADIENT_WEIGHT})")
     args = parser.parse_args()
     train(TrainConfig(data=args.data, out=args.out, steps=args.steps, minutes=args.minutes,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, save_every=args.save_every,
                       threads=args.threads, workers=args.workers,
                       init=args.init, self_forcing=not args.no_self_forcing, shards=args.shards,
                       generated_confidence=args.generated_confidence, variance_head=args.variance_head,
-                      forced_chunks=args.forced_chunks))
+                      forced_chunks=args.forced_chunks, recolour=args.recolour,
+                      gradient_weight=args.gradient_weight))
 
 
 if __name__ == "__main__":

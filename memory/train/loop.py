@@ -6,6 +6,7 @@ import random
 import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -16,7 +17,8 @@ from tqdm import tqdm
 from ..world.backbones.mosaic_dit import RGBD_CHANNELS, MosaicDiT, training_schedule
 from ..world.world_model import CONFIG_RANGES, save_world_model
 from .distributed import Ranks, joined
-from .loss import training_loss, variance_loss
+from .loss import GRADIENT_WEIGHT, training_loss, variance_loss
+from .recolour import RECOLOUR
 from .stream import MAX_FORCED_CHUNKS, WindowStream
 from .windows import load_episodes
 
@@ -46,6 +48,10 @@ class TrainConfig:
     variance_head: bool = False
     # deepest self-forced rollout, in chunks (each chunk one window)
     forced_chunks: int = MAX_FORCED_CHUNKS
+    # share of the drawn episodes recoloured alike in every frame (recolour.recoloured)
+    recolour: float = RECOLOUR
+    # weight of the colours' gradient difference in the loss (loss.gradient_difference)
+    gradient_weight: float = GRADIENT_WEIGHT
 
 
 def save_checkpoint(model: MosaicDiT, scheduler: DDPMScheduler, optimizer: torch.optim.Optimizer, step: int,
@@ -131,6 +137,9 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
     if isinstance(config.forced_chunks, bool) or not isinstance(config.forced_chunks, int) or config.forced_chunks < 1:
         raise ValueError(f"forced_chunks: the deepest self-forced rollout must be a whole number of chunks >= 1, "
                          f"got {config.forced_chunks!r}.")
+    for name, value, low, high in [("recolour", config.recolour, 0, 1), ("gradient_weight", config.gradient_weight, 0, 100)]:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ValueError(f"{name}: must be a number in {low}..{high}, got {value!r}.")
     confidence, (low, high) = config.generated_confidence, CONFIG_RANGES["generated_confidence"]
     if confidence is not None and not (isinstance(confidence, (int, float)) and low <= confidence <= high):
         raise ValueError(f"generated_confidence: must be a number in {low}..{high} (the coverage of mosaic pixels "
@@ -154,7 +163,7 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
     model.to(ranks.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.01)
-    objective = variance_loss if config.variance_head else training_loss
+    objective = variance_loss if config.variance_head else partial(training_loss, gradient_weight=config.gradient_weight)
     step = load_checkpoint(checkpoint, optimizer) if resuming else 0
     # the schedule is chosen once, when a run starts, and travels with every checkpoint from then on
     scheduler = DDPMScheduler.from_pretrained(start) if start is not None else training_schedule(
@@ -179,7 +188,7 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
     loaders = [torch.utils.data.DataLoader(
         WindowStream(episodes, model.config.context_frames, seed=shard_seed(config, step, shard),
                      rollout_model=checkpoint if config.self_forcing else None,
-                     forced_chunks=config.forced_chunks),
+                     forced_chunks=config.forced_chunks, recolour=config.recolour),
         batch_size=config.batch_size // shards, num_workers=config.workers) for shard in mine]
     # the same draws on every process (each keeps its rows of the batch): they do not depend on the processes
     generator = torch.Generator().manual_seed(config.seed * 7919 + step)

@@ -1,6 +1,7 @@
 """The training objective of MosaicDiT, shared by the backbone's training and the episodic LoRA's."""
 from __future__ import annotations
 
+import kornia
 import torch
 from diffusers import DDPMScheduler
 from torch.nn.parallel import DistributedDataParallel
@@ -24,6 +25,9 @@ LAST_TIMESTEP_SHARE = 0.5
 # a symmetric log-depth loss blends "sky or near wall" pixels into a far guess that dominates AbsRel;
 # the depth loss is the relative error instead (rgbd.depth_loss)
 DEPTH_WEIGHT = 0.5
+# the weight of the gradient difference of the colours (Mathieu et al. 2016, "beyond mean square error"): MSE
+# alone is minimised by the mean of all plausible frames, a blur wherever the memory leaves the frame open
+GRADIENT_WEIGHT = 1.0
 
 
 def noised_inputs(network: MosaicDiT, scheduler: DDPMScheduler, clean: torch.Tensor, mosaic: torch.Tensor,
@@ -62,12 +66,21 @@ def noised_inputs(network: MosaicDiT, scheduler: DDPMScheduler, clean: torch.Ten
     return noisy, timesteps, mosaic
 
 
+def gradient_difference(predicted: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of the image gradients' magnitudes of images [...,C,H,W]: blur and speckle both cost."""
+    def magnitudes(images: torch.Tensor) -> torch.Tensor:
+        """|∂x| and |∂y| of each channel [N,C,2,H,W]."""
+        return kornia.filters.spatial_gradient(images.flatten(0, -4), mode="diff", normalized=False).abs()
+
+    return (magnitudes(predicted) - magnitudes(true)).abs().mean()
+
+
 def training_loss(model: MosaicDiT | DistributedDataParallel, scheduler: DDPMScheduler, clean: torch.Tensor,
                   mosaic: torch.Tensor, rays: torch.Tensor, generator: torch.Generator,
-                  ranks: Ranks = ONE_PROCESS) -> torch.Tensor:
-    """Coverage-weighted MSE of the predicted clean target colours plus their relative depth error (inputs: noised_inputs).
+                  ranks: Ranks = ONE_PROCESS, gradient_weight: float = 0.0) -> torch.Tensor:
+    """Coverage-weighted colour MSE plus relative depth error of the predicted clean targets (inputs: noised_inputs).
 
-    Averaged over the processes, the loss is the one process's loss of the whole batch.
+    ``gradient_weight`` adds that many times the colours' gradient difference. Averaged over the processes, the loss is the one process's loss of the whole batch.
     """
     network = model.module if isinstance(model, DistributedDataParallel) else model
     c = network.config.context_frames
@@ -76,8 +89,11 @@ def training_loss(model: MosaicDiT | DistributedDataParallel, scheduler: DDPMSch
     error = pred[:, c:, :3] - clean[:, c:, :3]
     weight = 1 + (COVERED_WEIGHT - 1) * mosaic[:, c:, 4:5]
     # normalised by the whole batch's mean weight, so that the processes' losses average to the whole batch's
-    return ((weight * error.pow(2)).mean() / ranks.mean(weight.mean())
+    loss = ((weight * error.pow(2)).mean() / ranks.mean(weight.mean())
             + DEPTH_WEIGHT * depth_loss(pred[:, c:, 3], clean[:, c:, 3]).mean())
+    if gradient_weight:
+        loss = loss + gradient_weight * gradient_difference(pred[:, c:, :3], clean[:, c:, :3])
+    return loss
 
 
 def variance_loss(model: MosaicDiT | DistributedDataParallel, scheduler: DDPMScheduler, clean: torch.Tensor,

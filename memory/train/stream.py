@@ -13,6 +13,7 @@ from ..geometry.camera import CameraPath
 from ..limits import MAX_SEED
 from ..world.rollout import BASE_ONLY, rollout
 from ..world.world_model import WEIGHTS_NAME, WorldModel, load_world_model
+from .recolour import RECOLOUR, recoloured
 from .windows import DEPTH_UNKNOWN, TARGET_FRAMES, Window, make_window, mosaic_sources
 
 # share of draws whose windows read context frames and base mosaic from the model's own rollout (self-forcing;
@@ -51,14 +52,15 @@ class WindowStream(torch.utils.data.IterableDataset):
 
     With a ``rollout_model`` folder (the run's checkpoint, reloaded as training saves it), a share
     SELF_FORCED of the draws read context and base mosaic from the model's own rollout of 1 ..
-    ``forced_chunks`` chunks, one window after each chunk; targets stay the true frames.
+    ``forced_chunks`` chunks, one window after each chunk; targets stay the true frames. A share
+    ``recolour`` of the draws come from an episode whose colours are all mapped alike (``recoloured``).
     """
 
     def __init__(self, episodes: list[Episode], context_frames: int, seed: int, rollout_model: Path | None = None,
-                 forced_chunks: int = MAX_FORCED_CHUNKS):
+                 forced_chunks: int = MAX_FORCED_CHUNKS, recolour: float = RECOLOUR):
         super().__init__()
         self.episodes, self.context_frames, self.seed = episodes, context_frames, seed
-        self.rollout_model, self.forced_chunks = rollout_model, forced_chunks
+        self.rollout_model, self.forced_chunks, self.recolour = rollout_model, forced_chunks, recolour
         self._model: WorldModel | None = None
         self._loaded_mtime = -1.0
 
@@ -96,6 +98,8 @@ class WindowStream(torch.utils.data.IterableDataset):
         model = self._model_for_rollouts()
         while True:
             episode = rng.choice(self.episodes)
+            if rng.random() < self.recolour:
+                episode = recoloured(episode, rng)
             c = self.context_frames
             start = rng.randrange(0, len(episode) - c - TARGET_FRAMES + 1)
             depth_known = rng.random() > DEPTH_UNKNOWN
