@@ -167,7 +167,8 @@ def test_training_refuses_a_generated_confidence_out_of_range_and_a_missing_init
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="forced_chunks"):
             train(TrainConfig(data=tmp_path, out=tmp_path / "run", steps=1, workers=0, forced_chunks=bad))
-    for name, bad in (("recolour", 1.5), ("recolour", -0.1), ("gradient_weight", -1.0), ("gradient_weight", "1")):
+    for name, bad in (("recolour", 1.5), ("recolour", -0.1), ("gradient_weight", -1.0), ("gradient_weight", "1"),
+                      ("statistics_weight", -0.5)):
         with pytest.raises(ValueError, match=name):
             train(TrainConfig(data=tmp_path, out=tmp_path / "run", steps=1, workers=0, **{name: bad}))
     assert not (tmp_path / "run" / "checkpoint").exists()
@@ -225,3 +226,24 @@ def test_gradient_difference_costs_blur_and_speckle_but_not_the_truth():
     losses = [training_loss(model, training_schedule(), clean, mosaic, rays, torch.Generator().manual_seed(0),
                             gradient_weight=w) for w in (0.0, 1.0, 2.0)]
     assert losses[1] > losses[0] and torch.isclose(losses[2] - losses[0], 2 * (losses[1] - losses[0]), rtol=1e-4)
+
+
+def test_frame_statistics_are_colour_moments_and_gradient_energy_wherever_the_texture_is():
+    """Mean colour, colour covariance and gradient energy of a frame; moving the texture leaves them, flattening it does not."""
+    from memory.train.loss import frame_statistics, statistics_difference
+
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 16, 16, generator=generator) * 2 - 1
+    stats = frame_statistics(image)
+    assert stats.shape == (1, 15)
+    flat = image.flatten(-2)
+    assert torch.allclose(stats[0, :3], flat.mean(-1)[0])
+    assert torch.allclose(stats[0, 3], flat[0, 0].var(unbiased=False), atol=1e-6)  # covariance (0, 0): red's variance
+    shifted = image.roll(5, -1)  # the same texture elsewhere: only the wrap-around seam differs
+    flattened = image.mean((-1, -2), keepdim=True).expand_as(image)
+    assert statistics_difference(shifted, image) < 0.1 * statistics_difference(flattened, image)
+    clean, mosaic, rays = _batch()
+    model = MosaicDiT(hidden_size=32, depth=1, num_heads=1)
+    losses = [training_loss(model, training_schedule(), clean, mosaic, rays, torch.Generator().manual_seed(0),
+                            statistics_weight=w) for w in (0.0, 1.0)]
+    assert losses[1] > losses[0]

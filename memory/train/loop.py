@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..world.backbones.mosaic_dit import RGBD_CHANNELS, MosaicDiT, training_schedule
 from ..world.world_model import CONFIG_RANGES, save_world_model
 from .distributed import Ranks, joined
-from .loss import GRADIENT_WEIGHT, training_loss, variance_loss
+from .loss import GRADIENT_WEIGHT, STATISTICS_WEIGHT, training_loss, variance_loss
 from .recolour import RECOLOUR
 from .stream import MAX_FORCED_CHUNKS, WindowStream
 from .windows import load_episodes
@@ -52,6 +52,8 @@ class TrainConfig:
     recolour: float = RECOLOUR
     # weight of the colours' gradient difference in the loss (loss.gradient_difference)
     gradient_weight: float = GRADIENT_WEIGHT
+    # weight of the difference of each frame's colour and texture statistics (loss.statistics_difference)
+    statistics_weight: float = STATISTICS_WEIGHT
 
 
 def save_checkpoint(model: MosaicDiT, scheduler: DDPMScheduler, optimizer: torch.optim.Optimizer, step: int,
@@ -137,7 +139,8 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
     if isinstance(config.forced_chunks, bool) or not isinstance(config.forced_chunks, int) or config.forced_chunks < 1:
         raise ValueError(f"forced_chunks: the deepest self-forced rollout must be a whole number of chunks >= 1, "
                          f"got {config.forced_chunks!r}.")
-    for name, value, low, high in [("recolour", config.recolour, 0, 1), ("gradient_weight", config.gradient_weight, 0, 100)]:
+    for name, value, low, high in [("recolour", config.recolour, 0, 1), ("gradient_weight", config.gradient_weight, 0, 100),
+                                   ("statistics_weight", config.statistics_weight, 0, 100)]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             raise ValueError(f"{name}: must be a number in {low}..{high}, got {value!r}.")
     confidence, (low, high) = config.generated_confidence, CONFIG_RANGES["generated_confidence"]
@@ -163,7 +166,8 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
     model.to(ranks.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.01)
-    objective = variance_loss if config.variance_head else partial(training_loss, gradient_weight=config.gradient_weight)
+    objective = variance_loss if config.variance_head else partial(
+        training_loss, gradient_weight=config.gradient_weight, statistics_weight=config.statistics_weight)
     step = load_checkpoint(checkpoint, optimizer) if resuming else 0
     # the schedule is chosen once, when a run starts, and travels with every checkpoint from then on
     scheduler = DDPMScheduler.from_pretrained(start) if start is not None else training_schedule(

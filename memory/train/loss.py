@@ -28,6 +28,10 @@ DEPTH_WEIGHT = 0.5
 # the weight of the gradient difference of the colours (Mathieu et al. 2016, "beyond mean square error"): MSE
 # alone is minimised by the mean of all plausible frames, a blur wherever the memory leaves the frame open
 GRADIENT_WEIGHT = 1.0
+# the weight of the difference of each frame's colour and texture statistics (statistics_difference): per-pixel
+# losses, the gradient difference included, still pay least for a flat guess where an edge's place is unknown;
+# statistics without a place pay for the flatness itself, so the network may draw texture from its noise input
+STATISTICS_WEIGHT = 0.0
 
 
 def noised_inputs(network: MosaicDiT, scheduler: DDPMScheduler, clean: torch.Tensor, mosaic: torch.Tensor,
@@ -75,12 +79,31 @@ def gradient_difference(predicted: torch.Tensor, true: torch.Tensor) -> torch.Te
     return (magnitudes(predicted) - magnitudes(true)).abs().mean()
 
 
+def frame_statistics(images: torch.Tensor) -> torch.Tensor:
+    """Per image [...,3,H,W]: mean colour, colour covariance (6 values) and mean |∂x|, |∂y| per channel, [...,15]."""
+    flat = images.flatten(-2)
+    mean = flat.mean(-1)
+    centred = flat - mean[..., None]
+    covariance = centred @ centred.transpose(-1, -2) / flat.shape[-1]
+    rows, cols = torch.triu_indices(3, 3)
+    gradients = kornia.filters.spatial_gradient(images.flatten(0, -4), mode="diff", normalized=False).abs()
+    energy = gradients.mean((-1, -2)).flatten(-2).view(*images.shape[:-3], -1)
+    return torch.cat([mean, covariance[..., rows, cols], energy], -1)
+
+
+def statistics_difference(predicted: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of the frame_statistics of predicted and true images [...,3,H,W]."""
+    return (frame_statistics(predicted) - frame_statistics(true)).abs().mean()
+
+
 def training_loss(model: MosaicDiT | DistributedDataParallel, scheduler: DDPMScheduler, clean: torch.Tensor,
                   mosaic: torch.Tensor, rays: torch.Tensor, generator: torch.Generator,
-                  ranks: Ranks = ONE_PROCESS, gradient_weight: float = 0.0) -> torch.Tensor:
+                  ranks: Ranks = ONE_PROCESS, gradient_weight: float = 0.0,
+                  statistics_weight: float = 0.0) -> torch.Tensor:
     """Coverage-weighted colour MSE plus relative depth error of the predicted clean targets (inputs: noised_inputs).
 
-    ``gradient_weight`` adds that many times the colours' gradient difference. Averaged over the processes, the loss is the one process's loss of the whole batch.
+    ``gradient_weight`` and ``statistics_weight`` add that many times the colours' gradient difference and
+    frame-statistics difference. Averaged over the processes, the loss is the one process's loss of the whole batch.
     """
     network = model.module if isinstance(model, DistributedDataParallel) else model
     c = network.config.context_frames
@@ -93,6 +116,8 @@ def training_loss(model: MosaicDiT | DistributedDataParallel, scheduler: DDPMSch
             + DEPTH_WEIGHT * depth_loss(pred[:, c:, 3], clean[:, c:, 3]).mean())
     if gradient_weight:
         loss = loss + gradient_weight * gradient_difference(pred[:, c:, :3], clean[:, c:, :3])
+    if statistics_weight:
+        loss = loss + statistics_weight * statistics_difference(pred[:, c:, :3], clean[:, c:, :3])
     return loss
 
 
