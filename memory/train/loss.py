@@ -31,7 +31,7 @@ GRADIENT_WEIGHT = 1.0
 # the weight of the difference of each frame's colour and texture statistics (statistics_difference): per-pixel
 # losses, the gradient difference included, still pay least for a flat guess where an edge's place is unknown;
 # statistics without a place pay for the flatness itself, so the network may draw texture from its noise input
-STATISTICS_WEIGHT = 1.0
+STATISTICS_WEIGHT = 0.0
 
 
 def noised_inputs(network: MosaicDiT, scheduler: DDPMScheduler, clean: torch.Tensor, mosaic: torch.Tensor,
