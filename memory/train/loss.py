@@ -26,8 +26,10 @@ LAST_TIMESTEP_SHARE = 0.5
 # the depth loss is the relative error instead (rgbd.depth_loss)
 DEPTH_WEIGHT = 0.5
 # the weight of the gradient difference of the colours (Mathieu et al. 2016, "beyond mean square error"): MSE
-# alone is minimised by the mean of all plausible frames, a blur wherever the memory leaves the frame open
-GRADIENT_WEIGHT = 1.0
+# alone is minimised by the mean of all plausible frames, a blur wherever the memory leaves the frame open. Off by
+# default, as STATISTICS_WEIGHT: the shipped weights were trained without them (the model card has the finetune
+# with both, measured and not shipped)
+GRADIENT_WEIGHT = 0.0
 # the weight of the difference of each frame's colour and texture statistics (statistics_difference): per-pixel
 # losses, the gradient difference included, still pay least for a flat guess where an edge's place is unknown;
 # statistics without a place pay for the flatness itself, so the network may draw texture from its noise input
