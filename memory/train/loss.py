@@ -72,13 +72,14 @@ def noised_inputs(network: MosaicDiT, scheduler: DDPMScheduler, clean: torch.Ten
     return noisy, timesteps, mosaic
 
 
+def gradient_magnitudes(images: torch.Tensor) -> torch.Tensor:
+    """|∂x| and |∂y| of each channel of images [...,C,H,W], as [N,C,2,H,W] with the leading dimensions flattened."""
+    return kornia.filters.spatial_gradient(images.flatten(0, -4), mode="diff", normalized=False).abs()
+
+
 def gradient_difference(predicted: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of the image gradients' magnitudes of images [...,C,H,W]: blur and speckle both cost."""
-    def magnitudes(images: torch.Tensor) -> torch.Tensor:
-        """|∂x| and |∂y| of each channel [N,C,2,H,W]."""
-        return kornia.filters.spatial_gradient(images.flatten(0, -4), mode="diff", normalized=False).abs()
-
-    return (magnitudes(predicted) - magnitudes(true)).abs().mean()
+    return (gradient_magnitudes(predicted) - gradient_magnitudes(true)).abs().mean()
 
 
 def frame_statistics(images: torch.Tensor) -> torch.Tensor:
@@ -88,8 +89,7 @@ def frame_statistics(images: torch.Tensor) -> torch.Tensor:
     centred = flat - mean[..., None]
     covariance = centred @ centred.transpose(-1, -2) / flat.shape[-1]
     rows, cols = torch.triu_indices(3, 3)
-    gradients = kornia.filters.spatial_gradient(images.flatten(0, -4), mode="diff", normalized=False).abs()
-    energy = gradients.mean((-1, -2)).flatten(-2).view(*images.shape[:-3], -1)
+    energy = gradient_magnitudes(images).mean((-1, -2)).flatten(-2).view(*images.shape[:-3], -1)
     return torch.cat([mean, covariance[..., rows, cols], energy], -1)
 
 
