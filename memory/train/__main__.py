@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from .loop import TrainConfig, train
-from .loss import GRADIENT_WEIGHT, STATISTICS_WEIGHT
+from .loss import ADVERSARIAL_WEIGHT, GRADIENT_WEIGHT, STATISTICS_WEIGHT
 from .recolour import RECOLOUR
 from .stream import MAX_FORCED_CHUNKS
 
@@ -40,6 +40,9 @@ def main() -> None:
     parser.add_argument("--statistics-weight", type=float, default=STATISTICS_WEIGHT,
                         help="weight of the difference of each frame's colour and texture statistics in the loss "
                              f"(default {STATISTICS_WEIGHT})")
+    parser.add_argument("--adversarial-weight", type=float, default=ADVERSARIAL_WEIGHT,
+                        help="weight of a scene critic's hinge term in the loss: predicted frames must look like frames "
+                             f"of the scene their context shows (default {ADVERSARIAL_WEIGHT})")
     args = parser.parse_args()
     train(TrainConfig(data=args.data, out=args.out, steps=args.steps, minutes=args.minutes,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, save_every=args.save_every,
@@ -47,7 +50,8 @@ def main() -> None:
                       init=args.init, self_forcing=not args.no_self_forcing, shards=args.shards,
                       generated_confidence=args.generated_confidence, variance_head=args.variance_head,
                       forced_chunks=args.forced_chunks, recolour=args.recolour,
-                      gradient_weight=args.gradient_weight, statistics_weight=args.statistics_weight))
+                      gradient_weight=args.gradient_weight, statistics_weight=args.statistics_weight,
+                      adversarial_weight=args.adversarial_weight))
 
 
 if __name__ == "__main__":

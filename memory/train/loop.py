@@ -17,7 +17,9 @@ from tqdm import tqdm
 from ..world.backbones.mosaic_dit import RGBD_CHANNELS, MosaicDiT, training_schedule
 from ..world.world_model import CONFIG_RANGES, save_world_model
 from .distributed import Ranks, joined
-from .loss import GRADIENT_WEIGHT, STATISTICS_WEIGHT, training_loss, variance_loss
+from .adversarial import Adversary
+from .loss import ADVERSARIAL_WEIGHT, GRADIENT_WEIGHT, STATISTICS_WEIGHT, training_loss, variance_loss
+from .optimizer_state import optimizer_tensors, restore_optimizer
 from .recolour import RECOLOUR
 from .stream import MAX_FORCED_CHUNKS, WindowStream
 from .windows import load_episodes
@@ -54,19 +56,20 @@ class TrainConfig:
     gradient_weight: float = GRADIENT_WEIGHT
     # weight of the difference of each frame's colour and texture statistics (loss.statistics_difference)
     statistics_weight: float = STATISTICS_WEIGHT
+    # weight of the scene critic's term (adversarial.Adversary); its critic is saved with every checkpoint
+    adversarial_weight: float = ADVERSARIAL_WEIGHT
 
 
 def save_checkpoint(model: MosaicDiT, scheduler: DDPMScheduler, optimizer: torch.optim.Optimizer, step: int,
-                    folder: Path) -> None:
-    """Model and its noise schedule (a diffusers folder) and optimizer state as safetensors, swapped in atomically."""
+                    folder: Path, adversary: Adversary | None = None) -> None:
+    """Model and its noise schedule (a diffusers folder), optimizer state and critic as safetensors, swapped in atomically."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_world_model(model, tmp, scheduler)
-    tensors, meta = {}, {"step": step, "param_groups": optimizer.state_dict()["param_groups"]}
-    for index, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            tensors[f"{index}.{key}"] = value if value.ndim else value.reshape(1)
-    save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"state": json.dumps(meta)})
+    if adversary is not None:
+        adversary.save(tmp)
+    meta = {"step": step, "param_groups": optimizer.state_dict()["param_groups"]}
+    save_file(optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"), metadata={"state": json.dumps(meta)})
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -81,12 +84,7 @@ def load_checkpoint(folder: Path, optimizer: torch.optim.Optimizer) -> int:
 
     with safe_open(str(folder / "optimizer.safetensors"), framework="pt") as f:
         meta = json.loads(f.metadata()["state"])
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value.reshape(()) if key == "step" else value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    restore_optimizer(optimizer, load_file(str(folder / "optimizer.safetensors")), meta["param_groups"])
     return int(meta["step"])
 
 
@@ -140,9 +138,13 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
         raise ValueError(f"forced_chunks: the deepest self-forced rollout must be a whole number of chunks >= 1, "
                          f"got {config.forced_chunks!r}.")
     for name, value, low, high in [("recolour", config.recolour, 0, 1), ("gradient_weight", config.gradient_weight, 0, 100),
-                                   ("statistics_weight", config.statistics_weight, 0, 100)]:
+                                   ("statistics_weight", config.statistics_weight, 0, 100),
+                                   ("adversarial_weight", config.adversarial_weight, 0, 100)]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             raise ValueError(f"{name}: must be a number in {low}..{high}, got {value!r}.")
+    if config.adversarial_weight and config.variance_head:
+        raise ValueError("adversarial_weight: the variance head is trained by likelihood on a frozen network; "
+                         "give --adversarial-weight 0 with --variance-head.")
     confidence, (low, high) = config.generated_confidence, CONFIG_RANGES["generated_confidence"]
     if confidence is not None and not (isinstance(confidence, (int, float)) and low <= confidence <= high):
         raise ValueError(f"generated_confidence: must be a number in {low}..{high} (the coverage of mosaic pixels "
@@ -166,9 +168,13 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
     model.to(ranks.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.01)
+    adversary = Adversary(config.adversarial_weight, ranks) if config.adversarial_weight else None
     objective = variance_loss if config.variance_head else partial(
-        training_loss, gradient_weight=config.gradient_weight, statistics_weight=config.statistics_weight)
+        training_loss, gradient_weight=config.gradient_weight, statistics_weight=config.statistics_weight,
+        adversary=adversary)
     step = load_checkpoint(checkpoint, optimizer) if resuming else 0
+    if resuming and adversary is not None:
+        adversary.load(checkpoint)
     # the schedule is chosen once, when a run starts, and travels with every checkpoint from then on
     scheduler = DDPMScheduler.from_pretrained(start) if start is not None else training_schedule(
         model.config.num_train_timesteps)
@@ -179,7 +185,7 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
         """Rank 0 writes the log so far and the checkpoint; the others wait, so every rollout worker reads it next."""
         if ranks.main:
             log.flush()
-            save_checkpoint(model, scheduler, optimizer, step, checkpoint)
+            save_checkpoint(model, scheduler, optimizer, step, checkpoint, adversary)
         ranks.barrier()
 
     if not resuming:
@@ -216,7 +222,10 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
         bar.update(1)
         bar.set_postfix(loss=f"{logged:.4f}")
         if ranks.main:
-            log.write(json.dumps({"step": step, "loss": logged, "time": time.time()}) + "\n")
+            entry = {"step": step, "loss": logged, "time": time.time()}
+            if adversary is not None:
+                entry["critic"] = adversary.last_critic_loss
+            log.write(json.dumps(entry) + "\n")
         if step % config.save_every == 0:
             save()
     save()

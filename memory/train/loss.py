@@ -8,6 +8,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..world.backbones.mosaic_dit import MosaicDiT
 from ..world.rgbd import depth_loss
+from .adversarial import Adversary
 from .distributed import ONE_PROCESS, Ranks
 
 NULL_CONTEXT = 0.2
@@ -34,6 +35,8 @@ GRADIENT_WEIGHT = 0.0
 # losses, the gradient difference included, still pay least for a flat guess where an edge's place is unknown;
 # statistics without a place pay for the flatness itself, so the network may draw texture from its noise input
 STATISTICS_WEIGHT = 0.0
+# the weight of the scene critic's term (adversarial.Adversary): off by default like the two above
+ADVERSARIAL_WEIGHT = 0.0
 
 
 def noised_inputs(network: MosaicDiT, scheduler: DDPMScheduler, clean: torch.Tensor, mosaic: torch.Tensor,
@@ -101,11 +104,12 @@ def statistics_difference(predicted: torch.Tensor, true: torch.Tensor) -> torch.
 def training_loss(model: MosaicDiT | DistributedDataParallel, scheduler: DDPMScheduler, clean: torch.Tensor,
                   mosaic: torch.Tensor, rays: torch.Tensor, generator: torch.Generator,
                   ranks: Ranks = ONE_PROCESS, gradient_weight: float = 0.0,
-                  statistics_weight: float = 0.0) -> torch.Tensor:
+                  statistics_weight: float = 0.0, adversary: Adversary | None = None) -> torch.Tensor:
     """Coverage-weighted colour MSE plus relative depth error of the predicted clean targets (inputs: noised_inputs).
 
     ``gradient_weight`` and ``statistics_weight`` add that many times the colours' gradient difference and
-    frame-statistics difference. Averaged over the processes, the loss is the one process's loss of the whole batch.
+    frame-statistics difference; ``adversary`` adds its scene critic's term (and trains the critic one step).
+    Averaged over the processes, the loss is the one process's loss of the whole batch.
     """
     network = model.module if isinstance(model, DistributedDataParallel) else model
     c = network.config.context_frames
@@ -120,6 +124,11 @@ def training_loss(model: MosaicDiT | DistributedDataParallel, scheduler: DDPMSch
         loss = loss + gradient_weight * gradient_difference(pred[:, c:, :3], clean[:, c:, :3])
     if statistics_weight:
         loss = loss + statistics_weight * statistics_difference(pred[:, c:, :3], clean[:, c:, :3])
+    if adversary is not None:
+        f = pred.shape[1] - c
+        reference = clean[:, c - 1, :3].repeat_interleave(f, 0)
+        seen = (timesteps[:, c - 1] < scheduler.config.num_train_timesteps - 1).repeat_interleave(f, 0)
+        loss = loss + adversary.loss(pred[:, c:, :3].flatten(0, 1), clean[:, c:, :3].flatten(0, 1), reference, seen)
     return loss
 
 
