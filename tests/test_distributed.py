@@ -36,15 +36,15 @@ def torchrun(*args: str) -> None:
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
 
-def train_on_two(data: Path, out: Path, init: Path, steps: int) -> None:
-    """``python -m memory.train`` with TRAINING's settings on 2 processes (one shard of each batch each)."""
-    options = {**TRAINING, "steps": steps}
+def train_on_two(data: Path, out: Path, init: Path, steps: int, **extra) -> None:
+    """``python -m memory.train`` with TRAINING's settings (and ``extra``) on 2 processes (one shard of each batch each)."""
+    options = {**TRAINING, "steps": steps, **extra}
     torchrun("-m", "memory.train", "--data", str(data), "--out", str(out), "--init", str(init),
              *[text for key, value in options.items() for text in (f"--{key.replace('_', '-')}", str(value))])
 
 
-def train_on_one(data: Path, out: Path, init: Path, steps: int, shards: int | None = 2) -> int:
-    """:func:`train` with TRAINING's settings in this process drawing ``shards`` shards; returns its self-forced rollouts."""
+def train_on_one(data: Path, out: Path, init: Path, steps: int, shards: int | None = 2, **extra) -> int:
+    """:func:`train` with TRAINING's settings (and ``extra``) in this process drawing ``shards`` shards; returns its self-forced rollouts."""
     calls, self_forced = [], stream_module.self_forced
 
     def counted(*args, **kwargs):
@@ -53,7 +53,7 @@ def train_on_one(data: Path, out: Path, init: Path, steps: int, shards: int | No
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stream_module, "self_forced", counted)
-        train(TrainConfig(data=data, out=out, init=init, shards=shards, **{**TRAINING, "steps": steps}))
+        train(TrainConfig(data=data, out=out, init=init, shards=shards, **{**TRAINING, "steps": steps, **extra}))
     return len(calls)
 
 
@@ -107,6 +107,24 @@ def test_distributed_training_resumes(runs, untrained_model, tmp_path):  # noqa:
     # the 2-process run resumed on one process drawing its 2 shards goes on as it would have
     train_on_one(runs / "data", moved, untrained_model, 3)
     assert_same_run(two, moved)
+
+
+def test_distributed_training_with_the_scene_critic_equals_one_process(runs, untrained_model, tmp_path):  # noqa: F811
+    """A 2-process run with the critic logs the losses of a 1-process run drawing the same 2 shards, and saves its critic."""
+    from memory.train.adversarial import CRITIC_FILE
+
+    train_on_two(runs / "data", tmp_path / "two", untrained_model, 2, adversarial_weight=0.5)
+    train_on_one(runs / "data", tmp_path / "one", untrained_model, 2, adversarial_weight=0.5)
+
+    def logged(run: Path, key: str) -> list[float]:
+        return [json.loads(line)[key] for line in (run / "loss.jsonl").read_text().splitlines()]
+
+    # not to 1e-5 as without the critic: its first AdamW steps are ±lr wherever its gradient is below AdamW's eps,
+    # so float noise of 1e-7 between one batch and two halves moves some of its weights by a whole lr
+    for key in ("loss", "critic"):
+        assert logged(tmp_path / "two", key) == pytest.approx(logged(tmp_path / "one", key), abs=1e-4), key
+    one, two = (load_file(run / "checkpoint" / CRITIC_FILE) for run in (tmp_path / "one", tmp_path / "two"))
+    assert one.keys() == two.keys() and any(key.startswith("optimizer.") for key in one)
 
 
 def test_distributed_shards_split_the_batch_evenly_over_the_processes(tmp_path):

@@ -7,17 +7,14 @@ an edge must be: hinge losses (Lim & Ye 2017) on a spectrally normalised patch c
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from .distributed import ONE_PROCESS, Ranks
-from .optimizer_state import optimizer_tensors, restore_optimizer
+from .optimizer_state import load_state, save_state
 
 WIDTHS = (32, 64, 128)
 CRITIC_LR = 1e-4
@@ -58,6 +55,7 @@ class Adversary:
 
     def __init__(self, weight: float, ranks: Ranks = ONE_PROCESS, lr: float = CRITIC_LR) -> None:
         self.weight = weight
+        self.ranks = ranks
         self.critic = SceneCritic().to(ranks.device)
         # the critic as the processes train it: its gradients averaged like the model's
         self.trained = ranks.parallel(self.critic)
@@ -79,21 +77,19 @@ class Adversary:
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
         self.optimizer.step()
-        self.last_critic_loss = objective.item()
+        self.last_critic_loss = self.ranks.mean(objective.detach()).item()  # the whole batch's
         self.critic.requires_grad_(False)
         try:
             fake = self.critic(predicted, reference).flatten(1).mean(1)
         finally:
             self.critic.requires_grad_(True)
         seen = scene_seen.to(fake.dtype)
-        return self.weight * generator_hinge(fake * seen) * n / seen.sum().clamp(min=1)
+        # normalised by the whole batch's count of charged frames, so that the processes' terms average to its term
+        return self.weight * generator_hinge(fake * seen) * n / self.ranks.mean(seen.sum()).clamp(min=1)
 
     def save(self, folder: Path) -> None:
         """Critic weights and optimizer state into ``folder`` (one safetensors file beside the model's checkpoint)."""
-        tensors = {f"critic.{name}": value.contiguous() for name, value in self.critic.state_dict().items()}
-        meta = {"param_groups": self.optimizer.state_dict()["param_groups"]}
-        save_file({**tensors, **optimizer_tensors(self.optimizer, "optimizer.")}, str(folder / CRITIC_FILE),
-                  metadata={"state": json.dumps(meta)})
+        save_state(folder / CRITIC_FILE, self.optimizer, {}, self.critic.state_dict(), prefix="optimizer.")
 
     def load(self, folder: Path) -> None:
         """Restore what :meth:`save` wrote; a checkpoint without a critic (one started without it) is refused."""
@@ -101,9 +97,5 @@ class Adversary:
         if not path.is_file():
             raise ValueError(f"adversarial_weight: the run's checkpoint {folder} has no {CRITIC_FILE} (it was trained "
                              "without the critic); resume it with --adversarial-weight 0, or start a new run folder.")
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata()["state"])
-        self.critic.load_state_dict({name[len("critic."):]: value for name, value in tensors.items()
-                                     if name.startswith("critic.")})
-        restore_optimizer(self.optimizer, tensors, meta["param_groups"], "optimizer.")
+        weights, _ = load_state(path, self.optimizer, prefix="optimizer.")
+        self.critic.load_state_dict(weights)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..world.backbones.mosaic_dit import RGBD_CHANNELS, MosaicDiT, training_schedule
@@ -19,7 +18,7 @@ from ..world.world_model import CONFIG_RANGES, save_world_model
 from .distributed import Ranks, joined
 from .adversarial import Adversary
 from .loss import ADVERSARIAL_WEIGHT, GRADIENT_WEIGHT, STATISTICS_WEIGHT, training_loss, variance_loss
-from .optimizer_state import optimizer_tensors, restore_optimizer
+from .optimizer_state import load_state, save_state
 from .recolour import RECOLOUR
 from .stream import MAX_FORCED_CHUNKS, WindowStream
 from .windows import load_episodes
@@ -68,8 +67,7 @@ def save_checkpoint(model: MosaicDiT, scheduler: DDPMScheduler, optimizer: torch
     save_world_model(model, tmp, scheduler)
     if adversary is not None:
         adversary.save(tmp)
-    meta = {"step": step, "param_groups": optimizer.state_dict()["param_groups"]}
-    save_file(optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"), metadata={"state": json.dumps(meta)})
+    save_state(tmp / "optimizer.safetensors", optimizer, {"step": step})
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -80,11 +78,7 @@ def save_checkpoint(model: MosaicDiT, scheduler: DDPMScheduler, optimizer: torch
 
 def load_checkpoint(folder: Path, optimizer: torch.optim.Optimizer) -> int:
     """Restore optimizer state saved by :func:`save_checkpoint`; returns the step it was saved at."""
-    from safetensors import safe_open
-
-    with safe_open(str(folder / "optimizer.safetensors"), framework="pt") as f:
-        meta = json.loads(f.metadata()["state"])
-    restore_optimizer(optimizer, load_file(str(folder / "optimizer.safetensors")), meta["param_groups"])
+    _, meta = load_state(folder / "optimizer.safetensors", optimizer)
     return int(meta["step"])
 
 
