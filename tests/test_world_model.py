@@ -11,7 +11,7 @@ from memory.geometry.camera import plucker_rays
 from memory.data.episode import SAMPLE_EPISODE, read_episode
 from memory.world.mosaic import Mosaic, warp_frames
 from memory.world.rgbd import FAR_M, decode_rgbd, depth_loss, encode_rgbd
-from memory.train.loop import TrainConfig, train
+from memory.train.loop import TrainConfig, train, with_added_modules
 from memory.world.rollout import navigate
 from memory.world.world_model import load_world_model, save_world_model
 
@@ -189,6 +189,37 @@ def test_variance_head_training_keeps_the_network_and_learns_its_error(tmp_path,
     log = [json.loads(line)["loss"] for line in (tmp_path / "run" / "loss.jsonl").read_text().splitlines()]
     # Gaussian likelihood of the frozen network's errors: falls as the head learns their size (0 at log-variance 0)
     assert sum(log[-5:]) / 5 < sum(log[:5]) / 5 - 0.05
+
+
+def test_refiner_starts_as_the_identity_and_repairs_across_patch_borders():
+    torch.manual_seed(5)
+    plain = MosaicDiT(hidden_size=32, depth=1, num_heads=1, rope_dims=(8, 12, 12))
+    for parameter in plain.parameters():
+        torch.nn.init.normal_(parameter, std=0.1)
+    refined = with_added_modules(plain, refiner_channels=8)
+    args = (torch.randn(1, 3, 4, 16, 16), torch.tensor([[0, 500, 500]]), torch.randn(1, 3, 6, 16, 16),
+            torch.randn(1, 3, 6, 16, 16))
+    assert torch.equal(refined(*args), plain(*args))  # zero-initialised: added to trained weights, changes nothing
+    torch.nn.init.normal_(refined.refiner[4].weight, std=0.1)
+    change = (refined(*args) - plain(*args)).abs()
+    # one 3x3 layer sees a neighbour pixel: the change is not constant over an 8x8 patch as a patch decoder's would be
+    assert change.amax() > 0 and (change[..., :8, :8] - change[..., :1, :1]).abs().amax() > 0
+
+
+def test_training_adds_a_refiner_to_an_init_model_and_refuses_changing_it(tmp_path, tiny_model_dir):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ep.safetensors").symlink_to(SAMPLE_EPISODE)
+    config = TrainConfig(data=data, out=tmp_path / "run", steps=3, batch_size=1, save_every=1, workers=0, seed=2,
+                         lr=1e-2, init=tiny_model_dir, refiner_channels=4, self_forcing=False)
+    checkpoint = train(config)
+    model = load_world_model(checkpoint).network
+    assert model.config.refiner_channels == 4 and model.refiner[4].weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="^refiner_channels: the model already has 4"):
+        train(TrainConfig(**{**config.__dict__, "steps": 4, "refiner_channels": 8}))
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="^refiner_channels: must be a whole number"):
+            train(TrainConfig(**{**config.__dict__, "out": tmp_path / "bad", "refiner_channels": bad}))
 
 
 def test_load_world_model_rejects_bad_folders(tmp_path, tiny_model_dir):

@@ -43,6 +43,9 @@ def main() -> None:
     parser.add_argument("--adversarial-weight", type=float, default=ADVERSARIAL_WEIGHT,
                         help="weight of a scene critic's hinge term in the loss: predicted frames must look like frames "
                              f"of the scene their context shows (default {ADVERSARIAL_WEIGHT})")
+    parser.add_argument("--refiner-channels", type=int, default=None,
+                        help="add a zero-initialised convolutional refiner of this many channels to an --init model "
+                             "without one (default: keep the model's)")
     args = parser.parse_args()
     train(TrainConfig(data=args.data, out=args.out, steps=args.steps, minutes=args.minutes,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, save_every=args.save_every,
@@ -51,7 +54,7 @@ def main() -> None:
                       generated_confidence=args.generated_confidence, variance_head=args.variance_head,
                       forced_chunks=args.forced_chunks, recolour=args.recolour,
                       gradient_weight=args.gradient_weight, statistics_weight=args.statistics_weight,
-                      adversarial_weight=args.adversarial_weight))
+                      adversarial_weight=args.adversarial_weight, refiner_channels=args.refiner_channels))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ from .recolour import RECOLOUR
 from .stream import MAX_FORCED_CHUNKS, WindowStream
 from .windows import load_episodes
 
+# the modules a run may add, freshly initialised, to an --init model that has none
+ADDABLE_MODULES = ("variance.", "refiner.")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -57,6 +60,8 @@ class TrainConfig:
     statistics_weight: float = STATISTICS_WEIGHT
     # weight of the scene critic's term (adversarial.Adversary); its critic is saved with every checkpoint
     adversarial_weight: float = ADVERSARIAL_WEIGHT
+    # channels of a convolutional refiner added (zero-initialised) to an --init model without one; None keeps the model's
+    refiner_channels: int | None = None
 
 
 def save_checkpoint(model: MosaicDiT, scheduler: DDPMScheduler, optimizer: torch.optim.Optimizer, step: int,
@@ -100,16 +105,22 @@ def check_shards(config: TrainConfig, ranks: Ranks) -> int:
     return shards
 
 
+def with_added_modules(model: MosaicDiT, **settings: int) -> MosaicDiT:
+    """``model`` rebuilt with new module ``settings`` (e.g. a variance head), its weights kept and the new modules fresh."""
+    trunk = model.state_dict()
+    # private keys dropped: diffusers resets the keys "_use_default_values" lists to their defaults
+    current = {key: value for key, value in model.config.items() if not key.startswith("_")}
+    model = MosaicDiT.from_config({**current, **settings})
+    missing, unexpected = model.load_state_dict(trunk, strict=False)
+    if unexpected or any(not name.startswith(ADDABLE_MODULES) for name in missing):
+        raise ValueError(f"init: the model's weights do not fit the modules added beside them ({unexpected[:3]}).")
+    return model
+
+
 def with_variance_head(model: MosaicDiT) -> MosaicDiT:
     """``model`` with only its variance head trainable; one with none gets a new, zero-initialised head (one map per channel)."""
     if not model.config.variance_channels:
-        trunk = model.state_dict()
-        # private keys dropped: diffusers resets the keys "_use_default_values" lists to their defaults
-        settings = {key: value for key, value in model.config.items() if not key.startswith("_")}
-        model = MosaicDiT.from_config({**settings, "variance_channels": RGBD_CHANNELS})
-        missing, unexpected = model.load_state_dict(trunk, strict=False)
-        if unexpected or any(not name.startswith("variance.") for name in missing):
-            raise ValueError(f"init: the model's weights do not fit a variance head beside them ({unexpected[:3]}).")
+        model = with_added_modules(model, variance_channels=RGBD_CHANNELS)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith("variance."))
     return model
@@ -154,6 +165,14 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
         raise ValueError(f"init: {start} is not a model folder (no config.json); give a folder written by "
                          "save_pretrained, e.g. memory/weights/mosaic_dit.")
     model = MosaicDiT.from_pretrained(start) if start is not None else MosaicDiT()
+    refiner, (low, high) = config.refiner_channels, CONFIG_RANGES["refiner_channels"]
+    if refiner is not None and (isinstance(refiner, bool) or not isinstance(refiner, int) or not low < refiner <= high):
+        raise ValueError(f"refiner_channels: must be a whole number in 1..{high}, got {refiner!r}.")
+    if refiner is not None and refiner != model.config.refiner_channels:
+        if resuming or model.config.refiner_channels:
+            raise ValueError(f"refiner_channels: the model already has {model.config.refiner_channels} refiner "
+                             "channels; a run adds a refiner only to an --init model without one.")
+        model = with_added_modules(model, refiner_channels=refiner)
     if config.variance_head:
         model = with_variance_head(model)
     if config.generated_confidence is not None:

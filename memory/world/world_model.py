@@ -23,7 +23,7 @@ CONFIG_RANGES: dict[str, tuple] = {
     "patch_size": (1, 64), "hidden_size": (1, 8192), "depth": (1, 256), "num_heads": (1, 256),
     "rope_dims": (0, 8192), "rope_theta": (1e-3, 1e9), "num_train_timesteps": (1, 100_000),
     "context_frames": (0, 64), "mosaic_frames": (0, 64), "generated_confidence": (1e-3, 1.0),
-    "variance_channels": (0, 4),
+    "variance_channels": (0, 4), "refiner_channels": (0, 1024),
 }
 SCHEDULE_FILE = "scheduler_config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model"

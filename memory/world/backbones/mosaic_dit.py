@@ -91,14 +91,17 @@ class MosaicDiT(ModelMixin, ConfigMixin):
     network can keep observed geometry and repair its own frames. ``variance_channels`` > 0 adds a
     head that predicts the log-variance of the clean estimate (one map per RGB-D channel, or one shared
     by all), trained by Gaussian likelihood on the frozen network: how sure the prediction is, which
-    PoCE needs to weigh experts against each other (``poce.gaussian_product``).
+    PoCE needs to weigh experts against each other (``poce.gaussian_product``). ``refiner_channels`` > 0
+    adds a convolutional refiner at full resolution after the patch decoder (as U-ViT's last 3x3 conv):
+    each 8x8 patch is decoded by one linear map, which cannot see across its borders, so seams and
+    blocky texture are left for three 3x3 convolutions over the estimate and its mosaic to repair.
     """
 
     @register_to_config
     def __init__(self, patch_size: int = 8, hidden_size: int = 128, depth: int = 4, num_heads: int = 4,
                  rope_dims: tuple[int, int, int] = (8, 12, 12), rope_theta: float = 100.0,
                  num_train_timesteps: int = 1000, context_frames: int = 2, mosaic_frames: int = 1,
-                 generated_confidence: float = 1.0, variance_channels: int = 0):
+                 generated_confidence: float = 1.0, variance_channels: int = 0, refiner_channels: int = 0):
         super().__init__()
         head_dim = hidden_size // num_heads
         if sum(rope_dims) != head_dim or any(d % 2 for d in rope_dims):
@@ -118,6 +121,13 @@ class MosaicDiT(ModelMixin, ConfigMixin):
             self.variance = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.SiLU(),
                                           nn.Linear(hidden_size, variance_channels * p2))
             zeroed.append(self.variance[2])
+        if refiner_channels:
+            self.refiner = nn.Sequential(
+                nn.Conv2d(RGBD_CHANNELS + MOSAIC_CHANNELS, refiner_channels, 3, padding=1), nn.SiLU(),
+                nn.Conv2d(refiner_channels, refiner_channels, 3, padding=1), nn.SiLU(),
+                nn.Conv2d(refiner_channels, RGBD_CHANNELS, 3, padding=1))
+            # zero-initialised like the decoder: a refiner added to trained weights starts as the identity
+            zeroed.append(self.refiner[4])
         for layer in zeroed:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -173,6 +183,8 @@ class MosaicDiT(ModelMixin, ConfigMixin):
         # geometry first: the prediction is a correction of the mosaic's RGB-D, so an untrained network
         # already returns the warped frames and training only has to learn what geometry cannot give
         clean = mosaic[:, :, :RGBD_CHANNELS] + self.unpatchify(self.out(features), f, height, width)
+        if self.config.refiner_channels:
+            clean = clean + self.refiner(torch.cat([clean, mosaic], 2).flatten(0, 1)).view_as(clean)
         if not with_variance:
             return clean
         if not self.config.variance_channels:
