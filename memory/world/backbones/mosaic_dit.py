@@ -93,8 +93,9 @@ class MosaicDiT(ModelMixin, ConfigMixin):
     by all), trained by Gaussian likelihood on the frozen network: how sure the prediction is, which
     PoCE needs to weigh experts against each other (``poce.gaussian_product``). ``refiner_channels`` > 0
     adds a convolutional refiner at full resolution after the patch decoder (as U-ViT's last 3x3 conv):
-    each 8x8 patch is decoded by one linear map, which cannot see across its borders, so seams and
-    blocky texture are left for three 3x3 convolutions over the estimate and its mosaic to repair.
+    each 8x8 patch is decoded by one linear map from features that hold the noisy frame only through a
+    linear patch embedding, so it can neither see across patch borders nor remove pixel-level noise;
+    three 3x3 convolutions over the estimate, the mosaic, the noisy frame and its noise level can.
     """
 
     @register_to_config
@@ -123,7 +124,7 @@ class MosaicDiT(ModelMixin, ConfigMixin):
             zeroed.append(self.variance[2])
         if refiner_channels:
             self.refiner = nn.Sequential(
-                nn.Conv2d(RGBD_CHANNELS + MOSAIC_CHANNELS, refiner_channels, 3, padding=1), nn.SiLU(),
+                nn.Conv2d(2 * RGBD_CHANNELS + MOSAIC_CHANNELS + 1, refiner_channels, 3, padding=1), nn.SiLU(),
                 nn.Conv2d(refiner_channels, refiner_channels, 3, padding=1), nn.SiLU(),
                 nn.Conv2d(refiner_channels, RGBD_CHANNELS, 3, padding=1))
             # zero-initialised like the decoder: a refiner added to trained weights starts as the identity
@@ -184,7 +185,9 @@ class MosaicDiT(ModelMixin, ConfigMixin):
         # already returns the warped frames and training only has to learn what geometry cannot give
         clean = mosaic[:, :, :RGBD_CHANNELS] + self.unpatchify(self.out(features), f, height, width)
         if self.config.refiner_channels:
-            clean = clean + self.refiner(torch.cat([clean, mosaic], 2).flatten(0, 1)).view_as(clean)
+            level = (levels[:, :f] / self.config.num_train_timesteps).to(clean.dtype)[:, :, None, None, None]
+            inputs = torch.cat([clean, mosaic, sample, level.expand(-1, -1, 1, height, width)], 2)
+            clean = clean + self.refiner(inputs.flatten(0, 1)).view_as(clean)
         if not with_variance:
             return clean
         if not self.config.variance_channels:
