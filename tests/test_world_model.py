@@ -204,6 +204,8 @@ def test_refiner_starts_as_the_identity_and_repairs_across_patch_borders():
     change = (refined(*args) - plain(*args)).abs()
     # one 3x3 layer sees a neighbour pixel: the change is not constant over an 8x8 patch as a patch decoder's would be
     assert change.amax() > 0 and (change[..., :8, :8] - change[..., :1, :1]).abs().amax() > 0
+    # the clean context frame (timestep 0) is given, not predicted: the refiner leaves its estimate alone
+    assert torch.equal(change[:, 0], torch.zeros_like(change[:, 0])) and change[:, 1:].amax() > 0
 
 
 def test_training_adds_a_refiner_to_an_init_model_and_refuses_changing_it(tmp_path, tiny_model_dir):
