@@ -222,6 +222,7 @@ def test_training_adds_a_refiner_to_an_init_model_and_refuses_changing_it(tmp_pa
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="^refiner_channels: must be a whole number"):
             train(TrainConfig(**{**config.__dict__, "out": tmp_path / "bad", "refiner_channels": bad}))
+        assert not (tmp_path / "bad").exists()  # refused before the run folder is made
 
 
 def test_load_world_model_rejects_bad_folders(tmp_path, tiny_model_dir):

@@ -154,6 +154,9 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
     if confidence is not None and not (isinstance(confidence, (int, float)) and low <= confidence <= high):
         raise ValueError(f"generated_confidence: must be a number in {low}..{high} (the coverage of mosaic pixels "
                          f"warped from generated frames; 1 = treated as observed), got {confidence!r}.")
+    refiner, (_, most) = config.refiner_channels, CONFIG_RANGES["refiner_channels"]
+    if refiner is not None and (isinstance(refiner, bool) or not isinstance(refiner, int) or not 0 < refiner <= most):
+        raise ValueError(f"refiner_channels: must be a whole number in 1..{most}, got {refiner!r}.")
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
@@ -165,13 +168,11 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
         raise ValueError(f"init: {start} is not a model folder (no config.json); give a folder written by "
                          "save_pretrained, e.g. memory/weights/mosaic_dit.")
     model = MosaicDiT.from_pretrained(start) if start is not None else MosaicDiT()
-    refiner, (low, high) = config.refiner_channels, CONFIG_RANGES["refiner_channels"]
-    if refiner is not None and (isinstance(refiner, bool) or not isinstance(refiner, int) or not low < refiner <= high):
-        raise ValueError(f"refiner_channels: must be a whole number in 1..{high}, got {refiner!r}.")
     if refiner is not None and refiner != model.config.refiner_channels:
         if resuming or model.config.refiner_channels:
             raise ValueError(f"refiner_channels: the model already has {model.config.refiner_channels} refiner "
-                             "channels; a run adds a refiner only to an --init model without one.")
+                             "channels and a run sets its refiner when it starts; resume without --refiner-channels, "
+                             "or start a new run folder from an --init model without a refiner.")
         model = with_added_modules(model, refiner_channels=refiner)
     if config.variance_head:
         model = with_variance_head(model)

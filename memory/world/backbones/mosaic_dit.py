@@ -190,7 +190,7 @@ class MosaicDiT(ModelMixin, ConfigMixin):
             # clean (timestep 0) frames are given context whose estimate no caller reads: refining them is wasted
             noisy = (levels[:, :f] > 0).flatten()
             correction = torch.zeros_like(inputs[:, :RGBD_CHANNELS])
-            # channels-last convolutions run 1.4x faster on CPU here, and a batch of frames costs its size, not more
+            # channels-last: the memory layout oneDNN's CPU convolutions run in without converting
             correction[noisy] = self.refiner(inputs[noisy].contiguous(memory_format=torch.channels_last))
             clean = clean + correction.view_as(clean)
         if not with_variance:
