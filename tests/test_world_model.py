@@ -160,6 +160,21 @@ def test_training_runs_a_few_steps_saves_and_resumes(tmp_path, episode):
     assert all(entry["loss"] == entry["loss"] and entry["loss"] > 0 for entry in log)
 
 
+def test_resuming_drops_the_steps_an_interrupted_run_logged_after_its_checkpoint(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ep.safetensors").symlink_to(SAMPLE_EPISODE)
+    config = TrainConfig(data=data, out=tmp_path / "run", steps=2, batch_size=1, save_every=2, workers=0, seed=3)
+    train(config)
+    log_file = tmp_path / "run" / "loss.jsonl"
+    # what a run stopped at step 4 leaves: two steps past its checkpoint and half a line
+    with log_file.open("a") as log:
+        log.write('{"step": 3, "loss": 9.0}\n{"step": 4, "loss": 9.0}\n{"step": 5, "lo')
+    train(TrainConfig(**{**config.__dict__, "steps": 3}))
+    log = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2, 3] and log[2]["loss"] != 9.0
+
+
 def test_variance_head_leaves_the_clean_estimate_as_it_is(tmp_path):
     torch.manual_seed(4)
     model = MosaicDiT(hidden_size=32, depth=1, num_heads=1, rope_dims=(8, 12, 12), variance_channels=4)

@@ -13,6 +13,7 @@ import torch
 from diffusers import DDPMScheduler
 from tqdm import tqdm
 
+from ..files import atomic_write
 from ..world.backbones.mosaic_dit import RGBD_CHANNELS, MosaicDiT, training_schedule
 from ..world.world_model import CONFIG_RANGES, save_world_model
 from .distributed import Ranks, joined
@@ -126,6 +127,24 @@ def with_variance_head(model: MosaicDiT) -> MosaicDiT:
     return model
 
 
+def trim_log(path: Path, step: int) -> None:
+    """Drop the entries of a run's ``loss.jsonl`` after ``step``, so a resumed run logs every step once."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+
+    def before(line: str) -> bool:
+        # an interrupted run logged steps its last checkpoint does not hold, and may have left half a line
+        try:
+            return json.loads(line)["step"] <= step
+        except (ValueError, KeyError, TypeError):
+            return False
+
+    kept = [line for line in lines if before(line)]
+    if len(kept) != len(lines):
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
+
+
 def train(config: TrainConfig) -> Path:
     """Train (or resume) until ``steps`` or ``minutes``; returns the checkpoint folder (a diffusers model folder).
 
@@ -187,6 +206,8 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
         training_loss, gradient_weight=config.gradient_weight, statistics_weight=config.statistics_weight,
         adversary=adversary)
     step = load_checkpoint(checkpoint, optimizer) if resuming else 0
+    if resuming and ranks.main:
+        trim_log(config.out / "loss.jsonl", step)
     if resuming and adversary is not None:
         adversary.load(checkpoint)
     # the schedule is chosen once, when a run starts, and travels with every checkpoint from then on
