@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from memory.world.poce import (
-    MODES, check_alpha, gaussian_product, mix_denoised, prior_variance, weighted_mean, weights,
+    MODES, check_alpha, expert_variance, gaussian_product, mix_denoised, prior_variance, weighted_mean, weights,
 )
 from memory.world.world_model import composed_step
 
@@ -188,3 +188,30 @@ def test_contrast_against_a_bounded_null_moves_an_expert_at_most_a_fraction_of_i
     assert torch.all((bounded - mean).abs() <= limit * (1 + 1e-4))
     # the same null unbounded drives some pixels much further than that
     assert ((raw - mean).abs() > 2 * limit).any()
+
+
+def test_an_experts_variance_is_never_wider_than_its_nulls():
+    torch.manual_seed(7)
+    variance, null_variance = torch.rand(2, 4, 3, 3) * 4, torch.rand(2, 4, 3, 3)
+    got = expert_variance(variance, null_variance)
+    assert torch.all(got <= null_variance) and torch.all(got <= variance)
+    narrower = null_variance * 0.5
+    assert torch.equal(expert_variance(narrower, null_variance), narrower)
+
+
+def test_a_head_that_claims_more_than_the_null_does_not_turn_the_contrast_into_extrapolation():
+    mean, null = torch.zeros(1, 4, 2, 2), torch.ones(1, 4, 2, 2)
+    unsure, null_variance = torch.full_like(mean, 100.0), torch.full_like(mean, 0.01)
+    x = torch.randn_like(mean)
+    w_memory, w_null = weights("single", [2.0])
+
+    def composed(variance):
+        """The alpha-2 product of the expert with this variance and its bounded null."""
+        prior = prior_variance(mean, variance, null, null_variance)
+        return gaussian_product([(w_memory[0], mean, variance), (w_null[0], null, prior)], x, 1e-9)
+
+    # believed, the head's claim makes alpha 2 all but the unbounded 2 * mean - null
+    assert torch.allclose(composed(unsure), 2 * mean - null, atol=0.05)
+    capped = expert_variance(unsure, null_variance)
+    limit = 0.5 * (capped / 2).sqrt()
+    assert torch.all((composed(capped) - mean).abs() <= limit * (1 + 1e-4))

@@ -164,3 +164,26 @@ def test_expert_settings_out_of_range_name_the_setting(memory, make, name):
     with pytest.raises(ValueError, match=f"^{name}: "):
         make(memory) if make.__code__.co_argcount else make()
     assert ShortTermExpert(4.0).frames == 4 and isinstance(ShortTermExpert(4.0).frames, int)
+
+
+def test_an_expert_whose_head_claims_more_than_the_null_is_held_to_the_nulls_variance(model, episode, memory,
+                                                                                        monkeypatch):
+    """A variance head far out of its training windows (here made to claim 10^4 times its variance) cannot widen an expert past its null."""
+    real = rollout_module.predict_clean_batch
+    nulls, products = [], []
+
+    def inflated(network, conditionings, *args, **kwargs):
+        """The real predictions, with every memory's variance made 10^4 times wider and the null's kept."""
+        out = real(network, conditionings, *args, **kwargs)
+        nulls.extend(variance for c, (_, variance) in zip(conditionings, out) if c.null)
+        return [(mean, variance if c.null else variance * 1e4) for c, (mean, variance) in zip(conditionings, out)]
+
+    monkeypatch.setattr(rollout_module, "predict_clean_batch", inflated)
+    real_product = rollout_module.gaussian_product
+    monkeypatch.setattr(rollout_module, "gaussian_product",
+                        lambda terms, *a: products.append(terms) or real_product(terms, *a))
+    generate(model, episode, Composition((SpatialExpert(memory, 2.0),), "single"), frames=8, chunk=4)
+    assert len(nulls) == len(products) == 2
+    for null_variance, terms in zip(nulls, products):
+        (weight, _, variance), _ = terms
+        assert weight == 2.0 and torch.all(variance <= null_variance)

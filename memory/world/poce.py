@@ -124,6 +124,18 @@ def gaussian_product(terms: Sequence[tuple[float, torch.Tensor, torch.Tensor]], 
     return torch.where(precision > PRECISION_FLOOR * own_precision, weighted / precision.clamp_min(1e-12), own)
 
 
+def expert_variance(variance: torch.Tensor, null_variance: torch.Tensor) -> torch.Tensor:
+    """An expert's variance, no wider than its null's: a memory narrows what the null leaves open, it cannot widen it.
+
+    By the law of total variance, what stays open given a memory is on average at most what stays open
+    given none. A variance head asked about a memory unlike its training windows (a patch memory
+    rendered into a revisited view) can claim far more than the null, and then the bounded contrast
+    degenerates into the unbounded one, 2·mean − null_mean at α 2. The null memory is a trained input
+    of the head, so its variance is the better-founded of the two. Both tensors share a shape.
+    """
+    return torch.minimum(variance, null_variance)
+
+
 def prior_variance(mean: torch.Tensor, variance: torch.Tensor, null_mean: torch.Tensor,
                    null_variance: torch.Tensor) -> torch.Tensor:
     """The null's variance as the prior of one expert's posterior: at least the expert's variance plus their means' squared gap.

@@ -24,7 +24,7 @@ from .experts import (
 )
 from .lora import EpisodicLoRA, lora_network, stream_update
 from .mosaic import MOSAIC_CHANNELS, Mosaic
-from .poce import gaussian_product, prior_variance, weighted_mean, weights
+from .poce import expert_variance, gaussian_product, prior_variance, weighted_mean, weights
 from .rgbd import decode_rgbd
 from .world_model import WorldModel, denoise, predict_clean_batch, sample_chunk
 
@@ -153,6 +153,8 @@ class Rollout:
                 for w, v, p in plans:
                     mean, variance = out[(p.network, id(p.conditioning))]
                     mean = p.apply_guidance(mean)
+                    if v:
+                        variance = expert_variance(variance, null_variance)
                     gaussians.append((w, mean, variance))
                     if v:
                         gaussians.append((v, null_mean, prior_variance(mean, variance, null_mean, null_variance)))
