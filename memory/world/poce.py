@@ -21,7 +21,8 @@ and contrast against a null that knows nothing barely moves a pixel an expert is
 product PoCE defines, of the experts' clean distributions; summed scores of the noisy ones only
 approximate it, however finely integrated (the product of noised densities is not the noised product).
 Each expert's null enters its product as that expert's prior (``prior_variance``): no surer than the
-expert plus the gap between their means, so α > 1 sharpens an expert instead of extrapolating past it.
+expert plus the gap between their means, so α > 1 sharpens an expert instead of extrapolating past it; and
+an expert is never less sure than its null (``expert_variance``), whatever a head out of its training windows claims.
 ``mix_denoised`` is the exact x0 for
 samplers that step themselves, for any x = s·x0 + σ·ε, such as ComfyUI's (s = 1 for ε and v models,
 s = 1 − σ for flow matching), whose guiders return x0.
