@@ -153,11 +153,11 @@ class Rollout:
                 for w, v, p in plans:
                     mean, variance = out[(p.network, id(p.conditioning))]
                     mean = p.apply_guidance(mean)
-                    if v:
-                        variance = expert_variance(variance, null_variance)
-                    gaussians.append((w, mean, variance))
-                    if v:
-                        gaussians.append((v, null_mean, prior_variance(mean, variance, null_mean, null_variance)))
+                    if not v:
+                        gaussians.append((w, mean, variance))
+                        continue
+                    variance = expert_variance(variance, null_variance)
+                    gaussians += [(w, mean, variance), (v, null_mean, prior_variance(mean, variance, null_mean, null_variance))]
                 return gaussian_product(gaussians, x, float(alphas_cumprod[int(t)]))
 
             height, width = path.height, path.width
