@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--refiner-channels", type=int, default=None,
                         help="add a zero-initialised convolutional refiner of this many channels to an --init model "
                              "without one (default: keep the model's)")
+    parser.add_argument("--ema-decay", type=float, default=0.0,
+                        help="keep a moving average of the weights with this decay beside each checkpoint, in "
+                             "checkpoint/ema (0.999: about the last 1000 steps; default 0, none)")
     args = parser.parse_args()
     train(TrainConfig(data=args.data, out=args.out, steps=args.steps, minutes=args.minutes,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, save_every=args.save_every,
@@ -54,7 +57,8 @@ def main() -> None:
                       generated_confidence=args.generated_confidence, variance_head=args.variance_head,
                       forced_chunks=args.forced_chunks, recolour=args.recolour,
                       gradient_weight=args.gradient_weight, statistics_weight=args.statistics_weight,
-                      adversarial_weight=args.adversarial_weight, refiner_channels=args.refiner_channels))
+                      adversarial_weight=args.adversarial_weight, refiner_channels=args.refiner_channels,
+                      ema_decay=args.ema_decay))
 
 
 if __name__ == "__main__":

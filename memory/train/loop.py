@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler
+from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from ..files import atomic_write
@@ -18,6 +19,7 @@ from ..world.backbones.mosaic_dit import RGBD_CHANNELS, MosaicDiT, training_sche
 from ..world.world_model import CONFIG_RANGES, save_world_model
 from .distributed import Ranks, joined
 from .adversarial import Adversary
+from .average import check_decay, save_average, weight_average
 from .loss import ADVERSARIAL_WEIGHT, GRADIENT_WEIGHT, STATISTICS_WEIGHT, training_loss, variance_loss
 from .optimizer_state import load_state, save_state
 from .recolour import RECOLOUR
@@ -63,17 +65,22 @@ class TrainConfig:
     adversarial_weight: float = ADVERSARIAL_WEIGHT
     # channels of a convolutional refiner added (zero-initialised) to an --init model without one; None keeps the model's
     refiner_channels: int | None = None
+    # decay of the weights' moving average saved beside each checkpoint (average.py); 0 keeps none
+    ema_decay: float = 0.0
 
 
 def save_checkpoint(model: MosaicDiT, scheduler: DDPMScheduler, optimizer: torch.optim.Optimizer, step: int,
-                    folder: Path, adversary: Adversary | None = None) -> None:
-    """Model and its noise schedule (a diffusers folder), optimizer state and critic as safetensors, swapped in atomically."""
+                    folder: Path, adversary: Adversary | None = None, average: EMAModel | None = None) -> None:
+    """Model and its noise schedule (a diffusers folder), optimizer state, critic and weight average, swapped in atomically."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_world_model(model, tmp, scheduler)
     if adversary is not None:
         adversary.save(tmp)
-    save_state(tmp / "optimizer.safetensors", optimizer, {"step": step})
+    if average is not None:
+        save_average(average, model, tmp, scheduler)
+    meta = {"step": step, "ema_updates": average.optimization_step if average is not None else 0}
+    save_state(tmp / "optimizer.safetensors", optimizer, meta)
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -82,10 +89,10 @@ def save_checkpoint(model: MosaicDiT, scheduler: DDPMScheduler, optimizer: torch
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(folder: Path, optimizer: torch.optim.Optimizer) -> int:
-    """Restore optimizer state saved by :func:`save_checkpoint`; returns the step it was saved at."""
+def load_checkpoint(folder: Path, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
+    """Restore optimizer state saved by :func:`save_checkpoint`; returns the step and the weight average's updates then."""
     _, meta = load_state(folder / "optimizer.safetensors", optimizer)
-    return int(meta["step"])
+    return int(meta["step"]), int(meta.get("ema_updates", 0))
 
 
 def shard_seed(config: TrainConfig, step: int, shard: int) -> int:
@@ -173,6 +180,7 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
     if confidence is not None and not (isinstance(confidence, (int, float)) and low <= confidence <= high):
         raise ValueError(f"generated_confidence: must be a number in {low}..{high} (the coverage of mosaic pixels "
                          f"warped from generated frames; 1 = treated as observed), got {confidence!r}.")
+    check_decay(config.ema_decay)
     refiner, (_, most) = config.refiner_channels, CONFIG_RANGES["refiner_channels"]
     if refiner is not None and (isinstance(refiner, bool) or not isinstance(refiner, int) or not 0 < refiner <= most):
         raise ValueError(f"refiner_channels: must be a whole number in 1..{most}, got {refiner!r}.")
@@ -205,7 +213,8 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
     objective = variance_loss if config.variance_head else partial(
         training_loss, gradient_weight=config.gradient_weight, statistics_weight=config.statistics_weight,
         adversary=adversary)
-    step = load_checkpoint(checkpoint, optimizer) if resuming else 0
+    step, updates = load_checkpoint(checkpoint, optimizer) if resuming else (0, 0)
+    average = weight_average(model, config.ema_decay, checkpoint if resuming else None, updates)
     if resuming and ranks.main:
         trim_log(config.out / "loss.jsonl", step)
     if resuming and adversary is not None:
@@ -220,7 +229,7 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
         """Rank 0 writes the log so far and the checkpoint; the others wait, so every rollout worker reads it next."""
         if ranks.main:
             log.flush()
-            save_checkpoint(model, scheduler, optimizer, step, checkpoint, adversary)
+            save_checkpoint(model, scheduler, optimizer, step, checkpoint, adversary, average)
         ranks.barrier()
 
     if not resuming:
@@ -252,6 +261,8 @@ def _train(config: TrainConfig, ranks: Ranks) -> Path:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
+        if average is not None:
+            average.step(model.parameters())
         step += 1
         logged = ranks.mean(loss.detach()).item()  # the whole batch's loss
         bar.update(1)
