@@ -34,6 +34,21 @@ def test_each_tensor_is_the_weighted_mix_and_the_ends_are_kept_exactly():
     assert all(torch.equal(a, b) for a, b in zip(start.parameters(), network(0).parameters()))
 
 
+def test_a_variance_head_only_the_start_has_is_carried_over_and_the_rest_is_mixed():
+    start, end = network(0, variance_channels=4), network(1)
+    mixed = interpolate_weights(start, end, 0.5)
+    assert mixed.config.variance_channels == 4
+    for name, a in start.state_dict().items():
+        if name.startswith("variance."):
+            assert torch.equal(mixed.state_dict()[name], a), name
+        else:
+            assert torch.allclose(mixed.state_dict()[name], (a + end.state_dict()[name]) / 2, atol=1e-6), name
+    with pytest.raises(ValueError, match="^--end: its network differs from --start's in variance_channels"):
+        interpolate_weights(network(0), network(1, variance_channels=4), 0.5)
+    with pytest.raises(ValueError, match="^--end: its network differs from --start's in variance_channels"):
+        interpolate_weights(network(0, variance_channels=4), network(1, variance_channels=2), 0.5)
+
+
 def test_the_folder_written_loads_as_a_world_model_with_the_starts_schedule(tmp_path):
     start = save_world_model(network(0), tmp_path / "start")
     end = save_world_model(network(1), tmp_path / "end")

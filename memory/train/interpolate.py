@@ -5,7 +5,8 @@
 Finetuning moves a model along a path in weight space. When the end stays in the start's basin, the point between
 them keeps much of what the start did well where the finetune lost it, on data neither was chosen on (Wortsman et
 al. 2022, "Robust fine-tuning of zero-shot models"). The weight is a setting fixed before measuring, not a pick by
-score.
+score. A variance head that only the start has (the finetune trained the network without one) is carried over
+as it is: it was trained on the start's frozen network, which the mix stays near.
 """
 from __future__ import annotations
 
@@ -28,18 +29,24 @@ def check_weight(weight: object) -> float:
 
 
 def interpolate_weights(start: MosaicDiT, end: MosaicDiT, weight: float) -> MosaicDiT:
-    """A copy of ``start`` whose every tensor is (1 - weight)·start + weight·end; ValueError if the networks differ."""
+    """A copy of ``start`` whose every tensor is (1 - weight)·start + weight·end, a head only ``start`` has kept as it is.
+
+    ValueError if the networks differ in anything but that head.
+    """
     weight = check_weight(weight)
     settings = {k: v for k, v in start.config.items() if not k.startswith("_")}
     other = {k: v for k, v in end.config.items() if not k.startswith("_")}
+    if not other.get("variance_channels"):
+        other["variance_channels"] = settings.get("variance_channels", 0)
     differ = sorted(k for k in settings.keys() | other.keys() if settings.get(k) != other.get(k))
     if differ:
         raise ValueError(f"--end: its network differs from --start's in {', '.join(differ)}; interpolate only the "
-                         "start and end of one finetune (same config.json settings).")
+                         "start and end of one finetune (same config.json settings; only --start may have a "
+                         "variance head).")
     mixed = copy.deepcopy(start)
     ends = end.state_dict()
     with torch.no_grad():
-        mixed.load_state_dict({name: torch.lerp(tensor, ends[name], weight)
+        mixed.load_state_dict({name: torch.lerp(tensor, ends[name], weight) if name in ends else tensor
                                for name, tensor in start.state_dict().items()})
     return mixed
 
