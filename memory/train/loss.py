@@ -28,8 +28,8 @@ LAST_TIMESTEP_SHARE = 0.5
 DEPTH_WEIGHT = 0.5
 # the weight of the gradient difference of the colours (Mathieu et al. 2016, "beyond mean square error"): MSE
 # alone is minimised by the mean of all plausible frames, a blur wherever the memory leaves the frame open. Off by
-# default, as STATISTICS_WEIGHT: the shipped weights were trained without them (the model card has the finetune
-# with both, measured and not shipped)
+# default, as STATISTICS_WEIGHT: the episodic LoRA and run v5 train without them; the shipped weights' continuation
+# (run v16 in the model card) gives both explicitly
 GRADIENT_WEIGHT = 0.0
 # the weight of the difference of each frame's colour and texture statistics (statistics_difference): per-pixel
 # losses, the gradient difference included, still pay least for a flat guess where an edge's place is unknown;
