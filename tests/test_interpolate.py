@@ -66,6 +66,10 @@ def test_bad_inputs_are_refused_by_name_and_nothing_is_overwritten(tmp_path, cap
     other = save_world_model(network(1, depth=2), tmp_path / "other")
     with pytest.raises(ValueError, match="^--end: its network differs from --start's in depth"):
         write_interpolation(start, other, 0.5, tmp_path / "mixed")
+    with pytest.raises(ValueError, match="^--start: .*has no config.json"):
+        write_interpolation(tmp_path / "missing", start, 0.5, tmp_path / "mixed")
+    with pytest.raises(ValueError, match="^--end: .*has no config.json"):
+        write_interpolation(start, tmp_path, 0.5, tmp_path / "mixed")
     for bad in (-0.1, 1.5, float("nan"), float("inf"), True, "0.5"):
         with pytest.raises(ValueError, match=r"^--weight: must be a number in \[0, 1\]"):
             write_interpolation(start, start, bad, tmp_path / "mixed")

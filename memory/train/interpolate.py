@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..world.backbones.mosaic_dit import MosaicDiT
-from ..world.world_model import load_world_model, save_world_model
+from ..world.world_model import WorldModel, load_world_model, save_world_model
 
 
 def check_weight(weight: object) -> float:
@@ -51,12 +51,20 @@ def interpolate_weights(start: MosaicDiT, end: MosaicDiT, weight: float) -> Mosa
     return mixed
 
 
+def load_input(folder: Path, name: str) -> WorldModel:
+    """The model folder given as ``name``; its loader's ValueError is raised again with that input's name first."""
+    try:
+        return load_world_model(folder)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from err
+
+
 def write_interpolation(start: Path, end: Path, weight: float, out: Path) -> Path:
     """Interpolate two model folders and write the result as the new model folder ``out`` (all or nothing)."""
     weight = check_weight(weight)
     if out.exists():
         raise ValueError(f"--out: {out} already exists; choose a new folder (nothing is overwritten).")
-    first, last = load_world_model(start), load_world_model(end)
+    first, last = load_input(start, "--start"), load_input(end, "--end")
     mixed = interpolate_weights(first.network, last.network, weight)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
