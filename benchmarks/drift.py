@@ -14,9 +14,12 @@ bin b holds frames b*B .. b*B+B-1 (frame 0 is given, so bin 0 has one frame fewe
 - ``histogram_intersection``: the 8x8x8-bin RGB histogram of the bin's generated frames intersected with that
   of all the episode's true frames (1 = the episode's colours in its proportions; drift lowers it)
 - ``true_histogram_intersection``: the same for the bin's true frames, what a perfect model would score
+- ``warp_only_histogram_intersection``, ``warp_only_psnr``: the same for a rollout with no model, the first frame
+  warped with its true depth into every camera (holes repeat the first frame): what the observed frame alone
+  scores, as ``warp_only`` in next_chunk.py
 
 Writes OUT (top-level ``histogram_intersection_mean`` over all bins of all episodes, ``sharpness_ratio_median``
-over them, ``by_simulator.<environment>``, ``bins`` (per bin index across episodes), ``episodes`` (per-episode
+over them, ``warp_only_histogram_intersection_mean``, ``by_simulator.<environment>``, ``bins`` (per bin index across episodes), ``episodes`` (per-episode
 bins), ``targets``, ``against_targets``, settings, machine, wall seconds) and a plot next to it (.png): true vs
 generated frames at the end of bins for the first episode of each environment, and each metric over the bins per
 environment.
@@ -45,10 +48,11 @@ from memory.world.world_model import WorldModel, load_world_model  # noqa: E402
 
 # Sibling modules: their folder is first on sys.path when this file runs as a script.
 import plots  # noqa: E402
-from next_chunk import episode_files, environment_of, navigate_default, resolve_model, run_sweep  # noqa: E402
+from next_chunk import episode_files, environment_of, navigate_default, resolve_model, run_sweep, warp_only  # noqa: E402
 
 DEFAULT_BIN = 25
-METRICS = ("psnr", "ssim", "sharpness_ratio", "histogram_intersection", "true_histogram_intersection")
+METRICS = ("psnr", "ssim", "sharpness_ratio", "histogram_intersection", "true_histogram_intersection",
+           "warp_only_histogram_intersection", "warp_only_psnr")
 TARGETS = {"histogram_intersection_mean_min": 0.65, "sharpness_ratio_range": [0.8, 1.25]}
 SHEET_EPISODES = 3  # the first episode of each environment, up to this many
 SHEET_BINS = 8
@@ -61,20 +65,28 @@ def generate(model: WorldModel, episode: Episode, stop: int, steps: int, seed: i
     return torch.cat([chunk.rgb for chunk in list(run)[1:]])
 
 
-def episode_bins(generated: torch.Tensor, episode: Episode, size: int) -> list[dict]:
-    """METRICS of each bin of ``size`` frame indices, for generated frames [N,H,W,3] of frames 1..N of ``episode``."""
+def warp_first_frame(episode: Episode, stop: int) -> torch.Tensor:
+    """Frames 1..stop-1 [stop-1,H,W,3] of the warp-only rollout: frame 0 warped with its true depth, holes repeat it."""
+    return warp_only(episode.rgb[0].float() / 255, episode.depth[0].float(), episode.c2w[0], episode.K,
+                     episode.c2w[1:stop]).rgb
+
+
+def episode_bins(generated: torch.Tensor, warped: torch.Tensor, episode: Episode, size: int) -> list[dict]:
+    """METRICS of each bin of ``size`` frame indices, for generated and warp-only frames [N,H,W,3] of frames 1..N of ``episode``."""
     truth = episode.rgb.float() / 255
     rows = []
     for index in range(len(generated) // size + 1):
         first, stop = max(index * size, 1), min((index + 1) * size, len(generated) + 1)
         if first >= stop:  # bin 0 of one-frame bins holds only the given frame
             continue
-        fake, true = generated[first - 1:stop - 1], truth[first:stop]
+        fake, warp, true = generated[first - 1:stop - 1], warped[first - 1:stop - 1], truth[first:stop]
         rows.append({"bin": index, "start": first, "stop": stop, "frames": stop - first,
                      "psnr": float(psnr(fake, true).mean()), "ssim": float(ssim(fake, true).mean()),
                      "sharpness_ratio": sharpness_ratio(fake, true),
                      "histogram_intersection": histogram_intersection(fake, truth),
-                     "true_histogram_intersection": histogram_intersection(true, truth)})
+                     "true_histogram_intersection": histogram_intersection(true, truth),
+                     "warp_only_histogram_intersection": histogram_intersection(warp, truth),
+                     "warp_only_psnr": float(psnr(warp, true).mean())})
     return rows
 
 
@@ -84,10 +96,9 @@ def finite(values: list[float]) -> list[float]:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Means over bin rows of PSNR, SSIM and both histogram intersections, and the median sharpness ratio."""
+    """Means over bin rows of every metric but the sharpness ratio, and the median sharpness ratio."""
     ratios = finite([r["sharpness_ratio"] for r in rows])
-    out = {f"{key}_mean": statistics.fmean(r[key] for r in rows)
-           for key in ("histogram_intersection", "true_histogram_intersection", "psnr", "ssim")}
+    out = {f"{key}_mean": statistics.fmean(r[key] for r in rows) for key in METRICS if key != "sharpness_ratio"}
     return {**out, "sharpness_ratio_median": statistics.median(ratios) if ratios else math.nan, "bin_count": len(rows)}
 
 
@@ -137,7 +148,7 @@ def run(folder: Path, model_folder: Path, size: int, steps: int, seed: int, max_
         tick = time.perf_counter()
         generated = generate(model, episode, stop, steps, seed + i)
         seconds = time.perf_counter() - tick
-        bins = episode_bins(generated, episode, size)
+        bins = episode_bins(generated, warp_first_frame(episode, stop), episode, size)
         row = {"file": str(f), "source": episode.source, "environment": environment_of(episode),
                "frames": len(generated), "seconds": seconds, "bins": bins}
         return row, sheet_frames(f, episode, generated, bins) if i in sheets else None
@@ -194,7 +205,7 @@ def plot(result: dict, shown: list[dict], path: Path) -> None:
         h = s["truth"].shape[1] + plots.GAP
         ax.set_yticks([h / 2, h * 1.5], ["true", "generated"], fontsize=8)
     titles = {"psnr": "PSNR (dB)", "ssim": "SSIM", "sharpness_ratio": "sharpness ratio (generated / true)",
-              "histogram_intersection": "histogram intersection (- - true)"}
+              "histogram_intersection": "histogram intersection (- - true, -. warp-only)"}
     axes = dict(zip(titles, curves.subplots(1, len(titles))))
     low, high = TARGETS["sharpness_ratio_range"]
     axes["sharpness_ratio"].axhspan(low, high, color="#2ca02c", alpha=0.12, label="target")
@@ -207,6 +218,8 @@ def plot(result: dict, shown: list[dict], path: Path) -> None:
             ax.plot(starts, [b[key] for b in row["bins"]], marker="o", markersize=3, color=colour, label=name)
         axes["histogram_intersection"].plot(starts, [b["true_histogram_intersection"] for b in row["bins"]],
                                             linestyle="--", color=colour, linewidth=1)
+        axes["histogram_intersection"].plot(starts, [b["warp_only_histogram_intersection"] for b in row["bins"]],
+                                            linestyle="-.", color=colour, linewidth=1)
     for key, ax in axes.items():
         ax.set_title(titles[key], fontsize=9)
         ax.set_xlabel("first frame of bin", fontsize=8)
@@ -214,7 +227,8 @@ def plot(result: dict, shown: list[dict], path: Path) -> None:
     axes["psnr"].legend(fontsize=7)
     axes["sharpness_ratio"].legend(fontsize=7, loc="best")
     curves.suptitle(f"histogram intersection mean {result['histogram_intersection_mean']:.3f} (true frames "
-                    f"{result['true_histogram_intersection_mean']:.3f}), sharpness ratio median "
+                    f"{result['true_histogram_intersection_mean']:.3f}, warp-only "
+                    f"{result['warp_only_histogram_intersection_mean']:.3f}), sharpness ratio median "
                     f"{result['sharpness_ratio_median']:.3f}; bins of {result['settings']['bin']} frames, steps "
                     f"{result['settings']['steps']}", fontsize=9)
     plots.save(fig, path)
@@ -246,6 +260,7 @@ def main() -> None:
     if result is None:
         return
     print(json.dumps({k: result[k] for k in ("histogram_intersection_mean", "true_histogram_intersection_mean",
+                                             "warp_only_histogram_intersection_mean", "warp_only_psnr_mean",
                                              "sharpness_ratio_median", "psnr_mean", "ssim_mean", "wall_seconds")}))
     print(json.dumps({name: {k: round(v, 3) for k, v in s.items() if k.endswith(("_mean", "_median"))}
                       for name, s in result["by_simulator"].items()}))

@@ -62,7 +62,7 @@ SIZE = (re.compile(r"-(\d+)x(\d+)\b"), re.compile(r"num_rows=(\d+),\s*num_cols=(
 
 @dataclass(frozen=True)
 class Prediction:
-    """One method's predicted targets of a window: rgb [8,H,W,3] 0..1, depth [8,H,W] metres; warp-only's ``covered`` [8,H,W]."""
+    """One method's predicted frames (a window's 8 targets): rgb [T,H,W,3] 0..1, depth [T,H,W] metres; warp-only's ``covered`` [T,H,W]."""
 
     rgb: torch.Tensor
     depth: torch.Tensor
@@ -136,13 +136,16 @@ def predict_baselines(episode: Episode, start: int) -> dict[str, Prediction]:
     """Repeat-last-frame and warp-only (last context frame warped into each target, holes from repetition)."""
     last = start + CONTEXT - 1
     targets = episode.c2w[last + 1:last + 1 + PREDICT]
-    rgb = (episode.rgb[last].float() / 255).expand(PREDICT, -1, -1, -1)
-    depth = episode.depth[last].expand(PREDICT, -1, -1)
-    mosaic = warp_frames(rgb[:1], depth[:1], episode.c2w[last:last + 1], episode.K, targets)
+    rgb = episode.rgb[last].float() / 255
+    return {"repeat_last": Prediction(rgb.expand(PREDICT, -1, -1, -1), episode.depth[last].expand(PREDICT, -1, -1)),
+            "warp_only": warp_only(rgb, episode.depth[last], episode.c2w[last], episode.K, targets)}
+
+
+def warp_only(rgb: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, targets: torch.Tensor) -> Prediction:
+    """One frame rgb [H,W,3] (0..1) with depth [H,W] at camera c2w [4,4] warped into targets [T,4,4]; holes repeat the frame."""
+    mosaic = warp_frames(rgb[None], depth[None], c2w[None], K, targets)
     covered = mosaic.mask > 0
-    return {"repeat_last": Prediction(rgb, depth),
-            "warp_only": Prediction(torch.where(covered[..., None], mosaic.rgb, rgb), torch.where(covered, mosaic.depth, depth),
-                                    covered)}
+    return Prediction(torch.where(covered[..., None], mosaic.rgb, rgb), torch.where(covered, mosaic.depth, depth), covered)
 
 
 def frame_metrics(predictions: dict[str, Prediction], rgb: torch.Tensor, depth: torch.Tensor) -> dict[str, torch.Tensor]:

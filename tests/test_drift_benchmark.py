@@ -58,7 +58,8 @@ def test_drift_bins_two_environments(untrained_model, episodes, tmp_path, monkey
     for name, episode in zip(result["by_simulator"], result["episodes"]):
         row = result["by_simulator"][name]
         assert row["sources"] == [episode["source"]] and row["episodes"] == 1
-        for key in ("psnr", "ssim", "histogram_intersection", "true_histogram_intersection"):
+        for key in ("psnr", "ssim", "histogram_intersection", "true_histogram_intersection",
+                    "warp_only_histogram_intersection", "warp_only_psnr"):
             assert row[f"{key}_mean"] == pytest.approx(statistics.fmean(b[key] for b in episode["bins"])), (name, key)
         assert [b["sharpness_ratio"] for b in row["bins"]] == pytest.approx([b["sharpness_ratio"] for b in episode["bins"]])
     # the reference is the bin's true frames against all of the episode's (here the 30-frame one's frames 10..19)
@@ -66,6 +67,15 @@ def test_drift_bins_two_environments(untrained_model, episodes, tmp_path, monkey
     true = maze.rgb.float() / 255
     assert result["episodes"][0]["bins"][1]["true_histogram_intersection"] == pytest.approx(
         histogram_intersection(true[10:20], true))
+    # warp-only: frame 0 splatted into each camera; where the camera has not moved it is frame 0 itself
+    warped = drift.warp_first_frame(maze, 30)
+    assert warped.shape == (29, *true.shape[1:])
+    assert result["episodes"][0]["bins"][1]["warp_only_histogram_intersection"] == pytest.approx(
+        histogram_intersection(warped[9:19], true))
+    assert result["warp_only_histogram_intersection_mean"] == pytest.approx(
+        statistics.fmean(r["warp_only_histogram_intersection"] for r in rows))
+    # the true first frame warped is nearer the next frames than an untrained network's output
+    assert all(b["warp_only_psnr"] > b["psnr"] for b in result["bins"][:1])
     against = result["against_targets"]
     assert against["histogram_intersection_mean"] == (result["histogram_intersection_mean"] >= 0.65)
     assert against["sharpness_ratio_median"] == (0.8 <= result["sharpness_ratio_median"] <= 1.25)
@@ -91,12 +101,17 @@ def test_drift_refuses_bad_options(tmp_path, monkeypatch, capsys, args, message)
 def test_episode_bins_count_frames_from_the_episode_start():
     sample = read_episode(SAMPLE_EPISODE)
     generated = sample.rgb[1:8].float() / 255  # the true frames 1..7 as if generated
-    bins = drift.episode_bins(generated, sample, 3)
+    repeated = (sample.rgb[:1].float() / 255).expand(7, -1, -1, -1)  # frame 0 as the warp-only frames
+    bins = drift.episode_bins(generated, repeated, sample, 3)
     assert [(b["start"], b["stop"]) for b in bins] == [(1, 3), (3, 6), (6, 8)]
     assert all(b["sharpness_ratio"] == pytest.approx(1.0) and b["psnr"] == pytest.approx(100.0) for b in bins)
     assert all(b["histogram_intersection"] == pytest.approx(b["true_histogram_intersection"]) for b in bins)
+    truth = sample.rgb.float() / 255
+    assert [b["warp_only_histogram_intersection"] for b in bins] == pytest.approx(
+        [histogram_intersection(truth[:1], truth)] * 3)
+    assert all(b["warp_only_psnr"] < 100.0 for b in bins)
     # one-frame bins: bin 0 holds only the given frame and is left out
-    assert [b["start"] for b in drift.episode_bins(generated, sample, 1)] == list(range(1, 8))
+    assert [b["start"] for b in drift.episode_bins(generated, repeated, sample, 1)] == list(range(1, 8))
 
 
 def test_colour_histogram_bins_each_channel_in_eighths():
