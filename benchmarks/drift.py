@@ -19,10 +19,10 @@ bin b holds frames b*B .. b*B+B-1 (frame 0 is given, so bin 0 has one frame fewe
   scores, as ``warp_only`` in next_chunk.py
 
 Writes OUT (top-level ``histogram_intersection_mean`` over all bins of all episodes, ``sharpness_ratio_median``
-over them, ``warp_only_histogram_intersection_mean``, ``by_simulator.<environment>``, ``bins`` (per bin index across episodes), ``episodes`` (per-episode
-bins), ``targets``, ``against_targets``, settings, machine, wall seconds) and a plot next to it (.png): true vs
-generated frames at the end of bins for the first episode of each environment, and each metric over the bins per
-environment.
+over them, ``warp_only_histogram_intersection_mean`` and the other metrics' means, ``by_simulator.<environment>``,
+``bins`` (per bin index across episodes), ``episodes`` (per-episode bins), ``targets``, ``against_targets``,
+settings, machine, wall seconds) and a plot next to it (.png): true vs generated frames at the end of bins for the
+first episode of each environment, and each metric over the bins per environment.
 Targets (issue 10): histogram_intersection_mean >= 0.65, sharpness_ratio_median in [0.8, 1.25].
 Started by torchrun, the processes share out the episodes and rank 0 writes the files (the same figures).
 """
