@@ -67,7 +67,7 @@ def generate(model: WorldModel, episode: Episode, stop: int, steps: int, seed: i
 
 def warp_first_frame(episode: Episode, stop: int) -> torch.Tensor:
     """Frames 1..stop-1 [stop-1,H,W,3] of the warp-only rollout: frame 0 warped with its true depth, holes repeat it."""
-    return warp_only(episode.rgb[0].float() / 255, episode.depth[0].float(), episode.c2w[0], episode.K,
+    return warp_only(episode.rgb[0].float() / 255, episode.depth[0], episode.c2w[0], episode.K,
                      episode.c2w[1:stop]).rgb
 
 
