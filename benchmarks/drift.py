@@ -48,7 +48,8 @@ from memory.world.world_model import WorldModel, load_world_model  # noqa: E402
 
 # Sibling modules: their folder is first on sys.path when this file runs as a script.
 import plots  # noqa: E402
-from next_chunk import episode_files, environment_of, navigate_default, resolve_model, run_sweep, warp_only  # noqa: E402
+from next_chunk import (check_frame_sizes, episode_files, environment_of, navigate_default, resolve_model,  # noqa: E402
+                        run_sweep, warp_only)
 
 DEFAULT_BIN = 25
 METRICS = ("psnr", "ssim", "sharpness_ratio", "histogram_intersection", "true_histogram_intersection",
@@ -139,6 +140,7 @@ def run(folder: Path, model_folder: Path, size: int, steps: int, seed: int, max_
     files = episode_files(folder)
     episodes = [read_episode(f) for f in files]
     model = load_world_model(model_folder, device=ranks.device)
+    check_frame_sizes(files, episodes, model)
     sheets = sheet_episodes(episodes)
 
     def measure(i: int, f: Path) -> tuple[dict, dict | None]:
@@ -237,12 +239,15 @@ def plot(result: dict, shown: list[dict], path: Path) -> None:
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--episodes", required=True, type=Path, help="folder of come-episode/1 files (searched recursively)")
+    parser.add_argument("--episodes", required=True, type=Path,
+                        help="folder of come-episode/1 files (searched recursively; every .safetensors file in it "
+                             "must be one), frame sides multiples of the model's patch size (8 for the embedded model)")
     parser.add_argument("--json", required=True, type=Path, help="output JSON file (a .png plot is written next to it)")
     parser.add_argument("--model", type=Path, default=None, help="world model folder (default: the embedded model)")
     parser.add_argument("--max-frames", type=int, default=None, help="cap on generated frames per episode (default: all)")
     parser.add_argument("--bin", type=int, default=DEFAULT_BIN, help=f"frames per bin (default {DEFAULT_BIN})")
-    parser.add_argument("--steps", type=int, default=rollout.DEFAULT_STEPS, help="denoising steps per chunk")
+    parser.add_argument("--steps", type=int, default=rollout.DEFAULT_STEPS,
+                        help=f"denoising steps per chunk (default {rollout.DEFAULT_STEPS}, navigate's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode (episode i uses seed + i)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's; 1 is faster while another job loads the CPU)")

@@ -11,7 +11,8 @@ Writes OUT (top-level keys ``model_psnr``, ``repeat_last_psnr``, ``warp_only_psn
 a per-simulator breakdown, a per-environment one (``by_environment``: model and warp-only
 PSNR and SSIM, their differences, depth AbsRel) with ``worst_environment_psnr_minus_warp``, the numbers the
 targets compare (``against_targets``), revisit-frame metrics and the depth AbsRel of each window) and a plot
-next to it (.png).
+next to it (.png). Each window is measured once: ``windows`` can be fewer than ``windows_requested`` when the
+episodes hold fewer; episodes shorter than a window are left out and listed in ``skipped_episodes``.
 Targets (issue 4, tightened by issue 10): model_psnr >= repeat_last_psnr + 3 dB, model_psnr >= warp_only_psnr
 + 1.0 dB, model_ssim >= warp_only_ssim, no environment more than 0.3 dB below warp-only, depth_absrel <= 0.10.
 Started by torchrun, the processes share out the windows and rank 0 writes the files (the same figures).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import re
 import sys
 import time
@@ -32,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from memory.files import write_json  # noqa: E402
 from memory.world import rollout, world_model  # noqa: E402
 from memory.geometry.camera import CameraPath  # noqa: E402
 from memory.data.episode import Episode, read_episode, revisit_frames  # noqa: E402
@@ -87,7 +90,7 @@ def resolve_model(folder: Path | None) -> Path:
 
 def simulator_of(episode: Episode) -> str:
     """The episode's source without package versions: one key per simulator environment (e.g. per maze size)."""
-    return re.sub(r"==\S+", "", episode.source)
+    return re.sub(r"==\S+", "", episode.source) or "unknown source"
 
 
 def environment_of(episode: Episode) -> str:
@@ -110,17 +113,37 @@ def environment_of(episode: Episode) -> str:
 
 
 def window_starts(lengths: list[int], windows: int) -> list[tuple[int, int]]:
-    """(episode index, start frame) of ``windows`` windows, dealt round-robin over episodes, evenly spaced in each."""
+    """(episode index, start frame) of up to ``windows`` distinct windows, dealt round-robin over episodes, evenly spaced in each.
+
+    An episode holds no more windows than it has start frames, so short episodes are never measured twice
+    on the same frames; fewer windows than asked come back when all episodes together hold fewer.
+    """
     usable = [i for i, n in enumerate(lengths) if n >= CONTEXT + PREDICT]
     if not usable:
         raise ValueError(f"--episodes: no episode has the {CONTEXT + PREDICT} frames a window needs.")
-    counts = {i: windows // len(usable) + (k < windows % len(usable)) for k, i in enumerate(usable)}
+    room = {i: lengths[i] - CONTEXT - PREDICT + 1 for i in usable}
+    counts = dict.fromkeys(usable, 0)
+    left = windows
+    while left and any(counts[i] < room[i] for i in usable):
+        for i in usable:
+            if left and counts[i] < room[i]:
+                counts[i] += 1
+                left -= 1
     starts = []
     for i, count in counts.items():
-        last = lengths[i] - CONTEXT - PREDICT
         # Centre the starts in equal segments so a single window does not always sit at frame 0.
-        starts += [(i, int((last + 1) * (j + 0.5) / count)) for j in range(count)]
+        starts += [(i, int(room[i] * (j + 0.5) / count)) for j in range(count)]
     return starts
+
+
+def check_frame_sizes(files: list[Path], episodes: list[Episode], model: world_model.WorldModel) -> None:
+    """A ValueError naming ``--episodes`` and the first episode whose frame sides are not multiples of the model's patch size."""
+    patch = int(model.network.config.patch_size)
+    for file, episode in zip(files, episodes):
+        if episode.height % patch or episode.width % patch:
+            raise ValueError(f"--episodes: {file} has {episode.height}x{episode.width} frames; this model reads frames "
+                             f"whose height and width are multiples of {patch} (its patch size): resize the episode "
+                             "(scaling K with it) or move it out of the folder.")
 
 
 def predict_model(model: world_model.WorldModel, episode: Episode, start: int, steps: int, seed: int) -> Prediction:
@@ -205,12 +228,35 @@ def against_targets(result: dict) -> dict:
 
 
 def episode_files(folder: Path) -> list[Path]:
-    """The episode files under ``folder`` (recursively), or a ValueError naming ``--episodes`` if there are none."""
-    files = sorted(folder.rglob("*.safetensors"))
+    """The episode files under ``folder`` (recursively, through linked folders), or a ValueError naming ``--episodes`` if there are none."""
+    files, seen = [], set()
+    for root, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a linked folder already searched, or a link loop
+            folders.clear()
+            continue
+        seen.add(real)
+        # real folders before links, so a folder that is also linked keeps its own name
+        folders.sort(key=lambda name: (os.path.islink(os.path.join(root, name)), name))
+        files += [Path(root) / name for name in names if name.endswith(".safetensors")]
     if not files:
         raise ValueError(f"--episodes: no .safetensors episode files under {folder}; generate held-out episodes "
                          "with `python -m memory.data.sim.generate`.")
-    return files
+    return sorted(files)
+
+
+def check_output(out: Path) -> None:
+    """A ValueError naming ``--json`` unless ``out`` can take the results, checked before any measuring."""
+    if out.suffix.lower() == ".png":
+        raise ValueError(f"--json: {out} ends in .png, the name of the plot written next to the results; "
+                         "give a .json file.")
+    if out.is_dir():
+        raise ValueError(f"--json: {out} is a folder; give a file name, e.g. {out / 'result.json'}.")
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if existing != out.absolute() and not existing.is_dir():
+        raise ValueError(f"--json: {existing} is a file, so {out} cannot be created under it.")
+    if not os.access(existing if existing.is_dir() else existing.parent, os.W_OK):
+        raise ValueError(f"--json: {existing} is not writable; give a path in a folder you can write to.")
 
 
 def run_sweep(parser: argparse.ArgumentParser, out: Path, run: Callable[[Ranks], tuple[dict, object]],
@@ -219,6 +265,10 @@ def run_sweep(parser: argparse.ArgumentParser, out: Path, run: Callable[[Ranks],
 
     Returns the result on rank 0 and None on the others, which only measured their share.
     """
+    try:
+        check_output(out)
+    except ValueError as err:
+        parser.error(str(err))
     with joined() as ranks:
         try:
             result, shown = run(ranks)
@@ -226,8 +276,7 @@ def run_sweep(parser: argparse.ArgumentParser, out: Path, run: Callable[[Ranks],
             parser.error(str(err))
     if not ranks.main:
         return None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
     plot(result, shown, out.with_suffix(".png"))
     return result
 
@@ -249,10 +298,21 @@ def run(folder: Path, model_folder: Path, windows: int, steps: int, seed: int,
         ranks: Ranks = ONE_PROCESS) -> tuple[dict, dict]:
     """All measurements as a JSON-ready dict, and the frames of one window for the plot; the windows dealt over ``ranks``."""
     started = time.perf_counter()
-    files = episode_files(folder)
-    episodes = [read_episode(f) for f in files]
+    found = episode_files(folder)
+    read = [read_episode(f) for f in found]
+    # too short for a window: said, listed in the results, and left out of them
+    skipped = [str(f) for f, e in zip(found, read) if len(e) < CONTEXT + PREDICT]
+    kept = [(f, e) for f, e in zip(found, read) if len(e) >= CONTEXT + PREDICT]
+    if skipped and kept:
+        print(f"next_chunk: left out {len(skipped)} episode(s) shorter than the {CONTEXT + PREDICT} frames a window "
+              f"needs: {', '.join(skipped)}", file=sys.stderr)
+    files, episodes = [f for f, _ in kept], [e for _, e in kept]
     model = world_model.load_world_model(model_folder, device=ranks.device)
+    check_frame_sizes(files, episodes, model)
     starts = window_starts([len(e) for e in episodes], windows)
+    if len(starts) < windows:
+        print(f"next_chunk: the episodes hold {len(starts)} distinct windows, fewer than the {windows} asked; "
+              f"measuring those {len(starts)}", file=sys.stderr)
     middle = len(starts) // 2
     measured = ranks.deal(starts, lambda w, window: measure_window(model, episodes[window[0]], window[1], steps,
                                                                    seed + w, w == middle))
@@ -301,6 +361,8 @@ def run(folder: Path, model_folder: Path, windows: int, steps: int, seed: int,
         "seed": seed,
         "model": str(model_folder),
         "episodes": [str(f) for f in files],
+        "skipped_episodes": skipped,
+        "windows_requested": windows,
         "window_starts": [[str(files[i].relative_to(folder)), s] for i, s in starts],
         "metrics_note": "means over all predicted frames of per-frame PSNR (dB, MSE capped at 1e-10), SSIM "
                         "(kornia, 11x11 window) and depth AbsRel (mean |pred - gt| / gt over pixels with gt > 0)",
@@ -334,10 +396,13 @@ def plot(result: dict, shown: dict, path: Path) -> None:
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--episodes", required=True, type=Path, help="folder of come-episode/1 files (searched recursively)")
+    parser.add_argument("--episodes", required=True, type=Path,
+                        help="folder of come-episode/1 files (searched recursively; every .safetensors file in it "
+                             f"must be one), frame sides multiples of the model's patch size (8 for the embedded "
+                             f"model); episodes shorter than {CONTEXT + PREDICT} frames are left out and listed")
     parser.add_argument("--json", required=True, type=Path, help="output JSON file (a .png plot is written next to it)")
     parser.add_argument("--model", type=Path, default=None, help="world model folder (default: the embedded model)")
-    parser.add_argument("--windows", type=int, default=None, help=f"number of windows (default {DEFAULT_WINDOWS})")
+    parser.add_argument("--windows", type=int, default=None, help=f"number of windows (default {DEFAULT_WINDOWS}; at most one per start frame of the episodes)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: navigate's)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the first window (window w uses seed + w)")
     parser.add_argument("--threads", type=int, default=None,
@@ -345,10 +410,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke test: {QUICK_WINDOWS} windows and {QUICK_STEPS} steps unless given")
     args = parser.parse_args()
-    windows = args.windows or (QUICK_WINDOWS if args.quick else DEFAULT_WINDOWS)
-    steps = args.steps or (QUICK_STEPS if args.quick else navigate_default("steps"))
-    if windows < 1 or steps < 1:
-        parser.error("--windows and --steps must be at least 1")
+    windows = args.windows if args.windows is not None else QUICK_WINDOWS if args.quick else DEFAULT_WINDOWS
+    steps = args.steps if args.steps is not None else QUICK_STEPS if args.quick else navigate_default("steps")
+    for option, value in (("--windows", windows), ("--steps", steps), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            parser.error(f"{option} must be at least 1, got {value}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if not args.episodes.is_dir():

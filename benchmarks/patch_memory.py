@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic test scene
 
+from memory.files import write_json  # noqa: E402
 from memory.geometry.projection import lift_frame, splat_grids  # noqa: E402
 from memory.metrics import machine_info  # noqa: E402
 from memory.patch_memory import PatchMemory, frames_to_patches, insert_frames, render  # noqa: E402
@@ -211,8 +212,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     result = run(args.episode, args.quick)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     plot(result, args.json.with_suffix(".png"))
     print(json.dumps({k: result[k] for k in ("render_ratio_1e6_vs_1e4", "bytes_per_patch", "revisit_psnr_gap_db")}))
 

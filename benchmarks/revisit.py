@@ -54,7 +54,7 @@ from memory.world.world_model import WorldModel, load_world_model  # noqa: E402
 
 # Sibling modules: their folder is first on sys.path when this file runs as a script.
 import plots  # noqa: E402
-from next_chunk import episode_files, resolve_model, run_sweep, simulator_of  # noqa: E402
+from next_chunk import check_frame_sizes, episode_files, resolve_model, run_sweep, simulator_of  # noqa: E402
 
 MEMORY_EXPERTS = ("stm", "spatial", "ltm")
 # method -> (experts, PoCE mode); "base" is rollouts.BASE_ONLY and "oracle" runs no network
@@ -246,6 +246,7 @@ def run(folder: Path, model_folder: Path, methods: list[str], settings: Settings
     episodes = [read_episode(f) for f in files]
     for f, e in zip(files, episodes):
         check_episode(e, f, model, settings)
+    check_frame_sizes(files, episodes, model)
     measured = ranks.deal(files, lambda i, f: measure(model, methods, settings, i, f, episodes[i]))
     scores = {m: [episode["scores"][m] for episode in measured] for m in methods}
     seconds = {m: sum(episode["seconds"][m] for episode in measured) for m in methods}

@@ -48,6 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from memory.files import write_json  # noqa: E402
 from memory.data.episode import SAMPLE_EPISODE, Episode, read_episode  # noqa: E402
 from memory.geometry.camera import CameraPath  # noqa: E402
 from memory.geometry.paths import parse_moves  # noqa: E402
@@ -421,8 +422,7 @@ def main() -> None:
                               args.stm_frames)
     except ValueError as err:
         parser.error(str(err))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     plot(result, timings, args.json.with_suffix(".png"))
     print(json.dumps({k: result[k] for k in ("frame1000_over_frame100", "poce3_step_in_evals", "lora_stream_overhead",
                                              "lora_stream_over_base", "ltm_stream_over_base", "wall_seconds")}))

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import plots  # noqa: E402
 from next_chunk import navigate_default, resolve_model  # noqa: E402
 
+from memory.files import write_json  # noqa: E402
 from memory.world import world_model  # noqa: E402
 from memory.world.rollout import navigate  # noqa: E402
 from memory.geometry.camera import CameraPath  # noqa: E402
@@ -113,8 +114,7 @@ def main() -> None:
         result, generated, truth = run(resolve_model(args.model), args.steps, args.chunk, args.given_depth)
     except ValueError as err:
         parser.error(str(err))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     plot(generated, truth, args.json.with_suffix(".png"))
     print(json.dumps({k: result[k] for k in ("seconds_64_frames", "steps", "chunk", "initial_depth")}))
 

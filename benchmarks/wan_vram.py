@@ -12,7 +12,6 @@ next to it (.png).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import plots  # noqa: E402
 
+from memory.files import write_json  # noqa: E402
 from memory.world.backbones.wan import WanWorldModel  # noqa: E402
 from memory.world.wan_rollout import wan_forward_bytes  # noqa: E402
 
@@ -96,8 +96,7 @@ def main() -> None:
     # diffusers warns that a cast moves its float32 norms too: on the meta device only sizes are read
     diffusers_logging.set_verbosity_error()
     result = estimate()
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1))
+    write_json(args.json, result, indent=1)
     plot(result, args.json.with_suffix(".png"))
     for r in result["rows"]:
         print(f"{r['model']:22s} {r['dtype']:7s} {r['height']}x{r['width']} {r['composition']:11s} "

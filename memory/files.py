@@ -1,6 +1,8 @@
-"""Safe file handling: names confined to a folder, atomic safetensors writes, checked reads."""
+"""Safe file handling: names confined to a folder, atomic safetensors and JSON writes, checked reads."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -74,6 +76,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def finite_json(value: object) -> object:
+    """``value`` with every nan or infinite float as None: results stay strict JSON (null where nothing was measured)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value
+
+
+def write_json(path: str | os.PathLike, value: object, indent: int = 2) -> Path:
+    """Write ``value`` to ``path`` as strict JSON (finite_json), atomically."""
+    text = json.dumps(finite_json(value), indent=indent, allow_nan=False)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> Path:

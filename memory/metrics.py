@@ -12,6 +12,8 @@ import torch
 MIN_MSE = 1e-10
 SSIM_WINDOW = 11
 HISTOGRAM_BINS = 8
+# below any frame with content (one 8-bit step across a 64x64 frame: ~1e-5), above a flat one's rounding (~1e-9)
+FLAT_SHARPNESS = 1e-6
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor, ndim: int, name: str) -> None:
@@ -88,7 +90,7 @@ def sharpness(frames: torch.Tensor) -> torch.Tensor:
 def sharpness_ratio(pred: torch.Tensor, target: torch.Tensor) -> float:
     """Mean sharpness of pred [N,H,W,3] over that of target [M,H,W,3]: < 1 blurrier, > 1 sharper; nan if target is flat."""
     reference = float(sharpness(target).mean())
-    return float(sharpness(pred).mean()) / reference if reference > 0 else math.nan
+    return float(sharpness(pred).mean()) / reference if reference > FLAT_SHARPNESS else math.nan
 
 
 def frame_grid(frames: torch.Tensor, columns: int, gap: int = 2) -> torch.Tensor:

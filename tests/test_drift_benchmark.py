@@ -88,7 +88,8 @@ def test_drift_bins_two_environments(untrained_model, episodes, tmp_path, monkey
 
 @pytest.mark.parametrize("args, message", [(["--bin", "0"], "--bin must be at least 1"),
                                            (["--max-frames", "-3"], "--max-frames must be at least 1"),
-                                           ([], "--episodes: no .safetensors episode files")])
+                                           ([], "--episodes: no .safetensors episode files"),
+                                           (["--json", "plot.png"], "--json: plot.png ends in .png")])
 def test_drift_refuses_bad_options(tmp_path, monkeypatch, capsys, args, message):
     with pytest.raises(SystemExit) as exit_:
         run_script(monkeypatch, "drift.py", "--episodes", str(tmp_path), "--json", str(tmp_path / "o.json"),
@@ -154,3 +155,10 @@ def test_sharpness_ratio_of_blurred_copies():
     assert sharpness_ratio(blurred, frames) < 0.5
     assert sharpness_ratio(frames, blurred) > 2.0
     assert math.isnan(sharpness_ratio(frames, torch.full_like(frames, 0.5)))
+    # a flat frame stays flat under float rounding (an 8-bit grey through a colour conversion): no ratio either
+    rounded = torch.full_like(frames, 128 / 255) + 1e-8 * torch.randn_like(frames)
+    assert math.isnan(sharpness_ratio(frames, rounded))
+    # while one 8-bit step across a frame is content
+    step = torch.zeros(1, 64, 64, 3)
+    step[:, :, 32:, 0] = 1 / 255
+    assert math.isfinite(sharpness_ratio(step, step))

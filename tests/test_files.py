@@ -1,12 +1,14 @@
 """Safe names, atomic writes and checked reads (memory/files.py)."""
 from __future__ import annotations
 
+import json
+import math
 import os
 
 import pytest
 import torch
 
-from memory.files import atomic_save_safetensors, check_prefix, confined_path, read_safetensors
+from memory.files import atomic_save_safetensors, check_prefix, confined_path, finite_json, read_safetensors, write_json
 
 
 def test_confined_path_accepts_names_inside_the_folder(tmp_path):
@@ -77,3 +79,11 @@ def test_check_prefix_names_the_input_and_the_reason(tmp_path, prefix, reason):
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(ValueError, match=f"^filename_prefix: .*{reason}"):
         check_prefix(prefix, tmp_path)
+
+
+def test_write_json_writes_strict_json_with_null_where_nothing_was_measured(tmp_path):
+    value = {"a": math.nan, "b": [1.0, math.inf, {"c": -math.inf}], "d": "nan", "e": 2}
+    assert finite_json(value) == {"a": None, "b": [1.0, None, {"c": None}], "d": "nan", "e": 2}
+    path = write_json(tmp_path / "out" / "result.json", value)
+    assert json.loads(path.read_text()) == finite_json(value)
+    assert "NaN" not in path.read_text() and os.listdir(path.parent) == ["result.json"]

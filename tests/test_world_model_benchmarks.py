@@ -15,13 +15,14 @@ import torch
 from memory.world.backbones.mosaic_dit import MosaicDiT
 from memory.data.episode import SAMPLE_EPISODE, read_episode, write_episode
 from memory.metrics import depth_absrel, frame_grid, machine_info, masked_psnr, psnr, ssim
-from memory.world.world_model import save_world_model
+from memory.world.world_model import load_world_model, save_world_model
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from next_chunk import CONTEXT, PREDICT, TARGETS, environment_of, window_starts  # noqa: E402
+from next_chunk import (CONTEXT, PREDICT, TARGETS, check_frame_sizes, check_output, environment_of,  # noqa: E402
+                        episode_files, window_starts)
 
 MINIWORLD = "miniworld==2.1.0 Maze(num_rows=6, num_cols=6, room_size=3)"
 
@@ -152,6 +153,78 @@ def test_window_starts_spread_over_episodes_and_skip_short_ones():
     assert len({s for i, s in starts if i == 0}) == 3
     with pytest.raises(ValueError, match="--episodes"):
         window_starts([11], 1)
+
+
+def test_window_starts_never_measure_a_window_twice():
+    # a 12-frame episode holds one window, a 14-frame one three: asking for more gives those, once each
+    assert window_starts([CONTEXT + PREDICT], 40) == [(0, 0)]
+    starts = window_starts([CONTEXT + PREDICT + 2, 100], 10)
+    assert len(starts) == len(set(starts)) == 10
+    assert sorted(s for i, s in starts if i == 0) == [0, 1, 2]
+    assert len(window_starts([CONTEXT + PREDICT + 2], 1000)) == 3
+
+
+def test_episode_files_follow_linked_folders_once_and_skip_folders(tmp_path):
+    root = tmp_path / "episodes"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.safetensors").write_bytes(b"")
+    (root / "b.safetensors").mkdir()  # a folder with an episode's suffix is not an episode
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "y.safetensors").write_bytes(b"")
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    (root / "again").symlink_to(root / "a", target_is_directory=True)
+    (root / "a" / "loop").symlink_to(root, target_is_directory=True)
+    assert episode_files(root) == [root / "a" / "x.safetensors", root / "linked" / "y.safetensors"]
+
+
+def test_check_output_refuses_paths_that_cannot_take_the_results(tmp_path):
+    check_output(tmp_path / "new" / "result.json")
+    with pytest.raises(ValueError, match="--json: .*plot.png ends in .png"):
+        check_output(tmp_path / "plot.png")
+    with pytest.raises(ValueError, match="--json: .* is a folder"):
+        check_output(tmp_path)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="--json: .*file is a file"):
+        check_output(tmp_path / "file" / "result.json")
+
+
+def test_check_frame_sizes_names_the_episode_and_the_patch_size(untrained_model):
+    model = load_world_model(untrained_model)
+    sample = read_episode(SAMPLE_EPISODE)
+    check_frame_sizes([Path("ok.safetensors")], [sample], model)
+    cropped = dataclasses.replace(sample, rgb=sample.rgb[:, :60, :60], depth=sample.depth[:, :60, :60])
+    with pytest.raises(ValueError, match=r"--episodes: odd.safetensors has 60x60 frames; .* multiples of 8"):
+        check_frame_sizes([Path("ok.safetensors"), Path("odd.safetensors")], [sample, cropped], model)
+
+
+def test_next_chunk_leaves_out_short_episodes_and_caps_windows(untrained_model, tmp_path, monkeypatch, capsys):
+    sample = read_episode(SAMPLE_EPISODE)
+    episodes = tmp_path / "episodes"
+    for name, frames in (("long", slice(56, 70)), ("short", slice(0, 10))):
+        cut = dataclasses.replace(sample, rgb=sample.rgb[frames], depth=sample.depth[frames], c2w=sample.c2w[frames],
+                                  actions=sample.actions[frames], context_frames=4)
+        write_episode(cut, episodes / f"{name}.safetensors")
+    out = tmp_path / "next_chunk.json"
+    run_script(monkeypatch, "next_chunk.py", "--episodes", str(episodes), "--json", str(out), "--model",
+               str(untrained_model), "--windows", "40", "--steps", "1", "--threads", "1")
+    result = json.loads(out.read_text())
+    # 14 frames hold windows starting at 0, 1 and 2; the 10-frame episode holds none
+    assert result["windows"] == 3 and result["windows_requested"] == 40
+    assert sorted(s for _, s in result["window_starts"]) == [0, 1, 2]
+    assert result["episodes"] == [str(episodes / "long.safetensors")]
+    assert result["skipped_episodes"] == [str(episodes / "short.safetensors")]
+    err = capsys.readouterr().err
+    assert "left out 1 episode(s) shorter than the 12 frames" in err and "3 distinct windows" in err
+
+
+@pytest.mark.parametrize("option", ["--windows", "--steps"])
+def test_next_chunk_refuses_zero_windows_or_steps(tmp_path, monkeypatch, capsys, option):
+    with pytest.raises(SystemExit) as exit_:
+        run_script(monkeypatch, "next_chunk.py", "--episodes", str(tmp_path), "--json", str(tmp_path / "o.json"),
+                   option, "0")
+    assert exit_.value.code == 2
+    assert f"{option} must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_psnr_matches_kornia_and_caps_identical_frames():
