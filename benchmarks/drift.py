@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memory.data.episode import Episode, read_episode  # noqa: E402
+from memory.limits import MAX_PATH_FRAMES, MAX_SEED, MAX_STEPS  # noqa: E402
 from memory.metrics import HISTOGRAM_BINS, histogram_intersection, machine_info, psnr, sharpness_ratio, ssim  # noqa: E402
 from memory.train.distributed import ONE_PROCESS, Ranks  # noqa: E402
 from memory.world import rollout  # noqa: E402
@@ -48,8 +49,8 @@ from memory.world.world_model import WorldModel, load_world_model  # noqa: E402
 
 # Sibling modules: their folder is first on sys.path when this file runs as a script.
 import plots  # noqa: E402
-from next_chunk import (check_frame_sizes, episode_files, environment_of, navigate_default, resolve_model,  # noqa: E402
-                        run_sweep, warp_only)
+from next_chunk import (MAX_THREADS, check_frame_sizes, check_options, episode_files, environment_of,  # noqa: E402
+                        navigate_default, resolve_model, run_sweep, warp_only)
 
 DEFAULT_BIN = 25
 METRICS = ("psnr", "ssim", "sharpness_ratio", "histogram_intersection", "true_histogram_intersection",
@@ -242,7 +243,7 @@ def main() -> None:
     parser.add_argument("--episodes", required=True, type=Path,
                         help="folder of come-episode/1 files (searched recursively; every .safetensors file in it "
                              "must be one), frame sides multiples of the model's patch size (8 for the embedded model)")
-    parser.add_argument("--json", required=True, type=Path, help="output JSON file (a .png plot is written next to it)")
+    parser.add_argument("--json", required=True, type=plots.json_output, help=plots.JSON_HELP)
     parser.add_argument("--model", type=Path, default=None, help="world model folder (default: the embedded model)")
     parser.add_argument("--max-frames", type=int, default=None, help="cap on generated frames per episode (default: all)")
     parser.add_argument("--bin", type=int, default=DEFAULT_BIN, help=f"frames per bin (default {DEFAULT_BIN})")
@@ -252,10 +253,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's; 1 is faster while another job loads the CPU)")
     args = parser.parse_args()
-    for option, value in (("--max-frames", args.max_frames), ("--bin", args.bin), ("--steps", args.steps),
-                          ("--threads", args.threads)):
-        if value is not None and value < 1:
-            parser.error(f"{option} must be at least 1, got {value}")
+    check_options(parser, {"--max-frames": (args.max_frames, 1, MAX_PATH_FRAMES), "--bin": (args.bin, 1, MAX_PATH_FRAMES),
+                           "--steps": (args.steps, 1, MAX_STEPS), "--seed": (args.seed, 0, MAX_SEED),
+                           "--threads": (args.threads, 1, MAX_THREADS)})
     if not args.episodes.is_dir():
         parser.error(f"--episodes: {args.episodes} is not a folder")
     if args.threads is not None:

@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memory.files import write_json  # noqa: E402
+from memory.limits import MAX_PATH_FRAMES, MAX_SEED, MAX_STEPS  # noqa: E402
 from memory.world import rollout, world_model  # noqa: E402
 from memory.geometry.camera import CameraPath  # noqa: E402
 from memory.data.episode import Episode, read_episode, revisit_frames  # noqa: E402
@@ -50,6 +51,8 @@ PREDICT = 8
 DEFAULT_WINDOWS = 40
 QUICK_WINDOWS = 2
 QUICK_STEPS = 2
+# torch threads a sweep may ask for: more than any machine it runs on has cores
+MAX_THREADS = 1024
 METHODS = ("model", "repeat_last", "warp_only")
 COLOURS = {"model": "#d23c32", "repeat_last": "#969696", "warp_only": "#4682c8"}
 TARGETS = {"model_minus_repeat_last_psnr_min_db": 3.0, "model_minus_warp_only_psnr_min_db": 1.0,
@@ -245,18 +248,13 @@ def episode_files(folder: Path) -> list[Path]:
     return sorted(files)
 
 
-def check_output(out: Path) -> None:
-    """A ValueError naming ``--json`` unless ``out`` can take the results, checked before any measuring."""
-    if out.suffix.lower() == ".png":
-        raise ValueError(f"--json: {out} ends in .png, the name of the plot written next to the results; "
-                         "give a .json file.")
-    if out.is_dir():
-        raise ValueError(f"--json: {out} is a folder; give a file name, e.g. {out / 'result.json'}.")
-    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
-    if existing != out.absolute() and not existing.is_dir():
-        raise ValueError(f"--json: {existing} is a file, so {out} cannot be created under it.")
-    if not os.access(existing if existing.is_dir() else existing.parent, os.W_OK):
-        raise ValueError(f"--json: {existing} is not writable; give a path in a folder you can write to.")
+def check_options(parser: argparse.ArgumentParser, options: dict[str, tuple[int | None, int, int]]) -> None:
+    """A usage error naming the first option whose value (None: not given) lies outside its low..high."""
+    for option, (value, low, high) in options.items():
+        if value is not None and value < low:
+            parser.error(f"{option} must be at least {low}, got {value}")
+        if value is not None and value > high:
+            parser.error(f"{option} must be at most {high}, got {value}")
 
 
 def run_sweep(parser: argparse.ArgumentParser, out: Path, run: Callable[[Ranks], tuple[dict, object]],
@@ -265,10 +263,6 @@ def run_sweep(parser: argparse.ArgumentParser, out: Path, run: Callable[[Ranks],
 
     Returns the result on rank 0 and None on the others, which only measured their share.
     """
-    try:
-        check_output(out)
-    except ValueError as err:
-        parser.error(str(err))
     with joined() as ranks:
         try:
             result, shown = run(ranks)
@@ -301,16 +295,16 @@ def run(folder: Path, model_folder: Path, windows: int, steps: int, seed: int,
     found = episode_files(folder)
     read = [read_episode(f) for f in found]
     # too short for a window: said, listed in the results, and left out of them
-    skipped = [str(f) for f, e in zip(found, read) if len(e) < CONTEXT + PREDICT]
-    kept = [(f, e) for f, e in zip(found, read) if len(e) >= CONTEXT + PREDICT]
-    if skipped and kept:
+    fits = [len(e) >= CONTEXT + PREDICT for e in read]
+    skipped = [str(f) for f, fit in zip(found, fits) if not fit]
+    files, episodes = [f for f, fit in zip(found, fits) if fit], [e for e, fit in zip(read, fits) if fit]
+    if skipped and files and ranks.main:
         print(f"next_chunk: left out {len(skipped)} episode(s) shorter than the {CONTEXT + PREDICT} frames a window "
               f"needs: {', '.join(skipped)}", file=sys.stderr)
-    files, episodes = [f for f, _ in kept], [e for _, e in kept]
     model = world_model.load_world_model(model_folder, device=ranks.device)
     check_frame_sizes(files, episodes, model)
     starts = window_starts([len(e) for e in episodes], windows)
-    if len(starts) < windows:
+    if len(starts) < windows and ranks.main:
         print(f"next_chunk: the episodes hold {len(starts)} distinct windows, fewer than the {windows} asked; "
               f"measuring those {len(starts)}", file=sys.stderr)
     middle = len(starts) // 2
@@ -400,7 +394,7 @@ def main() -> None:
                         help="folder of come-episode/1 files (searched recursively; every .safetensors file in it "
                              f"must be one), frame sides multiples of the model's patch size (8 for the embedded "
                              f"model); episodes shorter than {CONTEXT + PREDICT} frames are left out and listed")
-    parser.add_argument("--json", required=True, type=Path, help="output JSON file (a .png plot is written next to it)")
+    parser.add_argument("--json", required=True, type=plots.json_output, help=plots.JSON_HELP)
     parser.add_argument("--model", type=Path, default=None, help="world model folder (default: the embedded model)")
     parser.add_argument("--windows", type=int, default=None, help=f"number of windows (default {DEFAULT_WINDOWS}; at most one per start frame of the episodes)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: navigate's)")
@@ -412,9 +406,8 @@ def main() -> None:
     args = parser.parse_args()
     windows = args.windows if args.windows is not None else QUICK_WINDOWS if args.quick else DEFAULT_WINDOWS
     steps = args.steps if args.steps is not None else QUICK_STEPS if args.quick else navigate_default("steps")
-    for option, value in (("--windows", windows), ("--steps", steps), ("--threads", args.threads)):
-        if value is not None and value < 1:
-            parser.error(f"{option} must be at least 1, got {value}")
+    check_options(parser, {"--windows": (windows, 1, MAX_PATH_FRAMES), "--steps": (steps, 1, MAX_STEPS),
+                           "--seed": (args.seed, 0, MAX_SEED), "--threads": (args.threads, 1, MAX_THREADS)})
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if not args.episodes.is_dir():

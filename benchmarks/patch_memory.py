@@ -203,7 +203,7 @@ def plot(result: dict, path: Path) -> None:
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", required=True, type=Path, help="output JSON file (a .png plot is written next to it)")
+    parser.add_argument("--json", required=True, type=plots.json_output, help=plots.JSON_HELP)
     parser.add_argument("--episode", type=Path, default=DEFAULT_EPISODE, help="come-episode/1 file")
     parser.add_argument("--quick", action="store_true", help="tiny version that runs in seconds (smoke test)")
     parser.add_argument("--threads", type=int, default=1,

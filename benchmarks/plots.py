@@ -5,7 +5,9 @@ import this module after putting the repository root on sys.path (for ``memory``
 """
 from __future__ import annotations
 
+import argparse
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -16,7 +18,32 @@ from matplotlib.figure import Figure
 from memory.metrics import frame_grid
 
 DPI = 110
+JSON_HELP = "output JSON file (a .png plot is written next to it)"
 GAP = 2  # pixels between frames in a frame grid
+
+
+def check_output(out: Path) -> None:
+    """A ValueError naming ``--json`` unless ``out`` can take the results, checked before any measuring."""
+    if out.suffix.lower() == ".png":
+        raise ValueError(f"--json: {out} ends in .png, the name of the plot written next to the results; "
+                         "give a .json file.")
+    if out.is_dir():
+        raise ValueError(f"--json: {out} is a folder; give a file name, e.g. {out / 'result.json'}.")
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if existing != out.absolute() and not existing.is_dir():
+        raise ValueError(f"--json: {existing} is a file, so {out} cannot be created under it.")
+    if not os.access(existing if existing.is_dir() else existing.parent, os.W_OK):
+        raise ValueError(f"--json: {existing} is not writable; give a path in a folder you can write to.")
+
+
+def json_output(text: str) -> Path:
+    """argparse type of ``--json``: the path, refused before any measuring unless it can take the results."""
+    path = Path(text)
+    try:
+        check_output(path)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--json: ")) from None
+    return path
 
 
 def figure(width_in: float, height_in: float) -> Figure:

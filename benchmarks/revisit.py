@@ -352,7 +352,7 @@ def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--episodes", required=True, type=Path, help="folder of come-episode/1 files (searched recursively)")
-    parser.add_argument("--json", required=True, type=Path, help="output JSON file (a .png plot is written next to it)")
+    parser.add_argument("--json", required=True, type=plots.json_output, help=plots.JSON_HELP)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (default: all nine)")
     parser.add_argument("--model", type=Path, default=None, help="world model folder (default: the embedded model)")
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="α of every memory expert (base keeps 1)")

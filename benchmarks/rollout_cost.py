@@ -401,7 +401,7 @@ def plot(result: dict, t: dict[str, Timing], path: Path) -> None:
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", required=True, type=Path, help="output JSON file (a .png plot is written next to it)")
+    parser.add_argument("--json", required=True, type=plots.json_output, help=plots.JSON_HELP)
     parser.add_argument("--model", type=Path, default=None, help="world model folder (default: the embedded model)")
     parser.add_argument("--frames", type=int, default=FRAMES, help=f"generated frames of the long walk (default {FRAMES})")
     parser.add_argument("--stream-steps", type=int, default=DEFAULT_STREAM_STEPS, help="LoRA steps streamed per chunk")

@@ -99,7 +99,8 @@ def plot(generated: torch.Tensor, truth: torch.Tensor, path: Path) -> None:
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", required=True, type=Path, help="output JSON file (a .png contact sheet is written next to it)")
+    parser.add_argument("--json", required=True, type=plots.json_output,
+                        help="output JSON file (a .png contact sheet is written next to it)")
     parser.add_argument("--model", type=Path, default=None, help="world model folder (default: the embedded model)")
     parser.add_argument("--steps", type=int, default=navigate_default("steps"), help="denoising steps per chunk")
     parser.add_argument("--chunk", type=int, default=navigate_default("chunk"), help="frames generated per chunk")

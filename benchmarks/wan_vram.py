@@ -91,7 +91,7 @@ def plot(result: dict, path: Path) -> None:
 def main() -> None:
     """Parse the command line, estimate, write the JSON and the plot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, required=True, help="output JSON file (a .png plot is written next to it)")
+    parser.add_argument("--json", required=True, type=plots.json_output, help=plots.JSON_HELP)
     args = parser.parse_args()
     # diffusers warns that a cast moves its float32 norms too: on the meta device only sizes are read
     diffusers_logging.set_verbosity_error()

@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from next_chunk import (CONTEXT, PREDICT, TARGETS, check_frame_sizes, check_output, environment_of,  # noqa: E402
-                        episode_files, window_starts)
+from next_chunk import (CONTEXT, PREDICT, TARGETS, check_frame_sizes, environment_of, episode_files,  # noqa: E402
+                        window_starts)
+from plots import check_output  # noqa: E402
 
 MINIWORLD = "miniworld==2.1.0 Maze(num_rows=6, num_cols=6, room_size=3)"
 
@@ -284,3 +285,26 @@ def test_frame_grid_places_frames_row_major():
 def test_machine_info_names_cpus_and_threads():
     info = machine_info()
     assert info["cpus"] >= 1 and info["threads"] >= 1 and info["torch"] == torch.__version__
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("next_chunk.py", ["--steps", "5000"], "--steps must be at most 1000, got 5000"),
+    ("next_chunk.py", ["--seed", "-1"], "--seed must be at least 0, got -1"),
+    ("drift.py", ["--bin", "1000000"], "--bin must be at most 100000, got 1000000"),
+    ("drift.py", ["--threads", "100000"], "--threads must be at most 1024, got 100000"),
+])
+def test_sweeps_refuse_options_beyond_their_limits(tmp_path, monkeypatch, capsys, script, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        run_script(monkeypatch, script, "--episodes", str(tmp_path), "--json", str(tmp_path / "o.json"), *args)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["rollout_speed.py", "rollout_cost.py", "patch_memory.py", "revisit.py"])
+def test_every_benchmark_refuses_a_json_path_its_plot_would_replace(tmp_path, monkeypatch, capsys, script):
+    args = ["--episodes", str(tmp_path)] if script == "revisit.py" else []
+    with pytest.raises(SystemExit) as exit_:
+        run_script(monkeypatch, script, *args, "--json", str(tmp_path / "result.png"))
+    assert exit_.value.code == 2
+    assert "argument --json: " in capsys.readouterr().err
+    assert not (tmp_path / "result.png").exists()
